@@ -1,0 +1,2 @@
+//! `echo-client` binary.
+fn main() {}

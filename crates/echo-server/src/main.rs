@@ -1,0 +1,2 @@
+//! `echo-server` binary.
+fn main() {}

@@ -1,0 +1,530 @@
+//! Finds or starts an etcd for development, tests, the demo and benchmarks.
+//!
+//! One job: hand back the client URL of a healthy etcd, and clean up whatever
+//! was started for it. It is shared by `xtask` and the `integration-tests`
+//! fixtures so provisioning is written once.
+//!
+//! It must not depend on `etcd-client` (even transitively): `etcd-client`'s
+//! build script needs `protoc`, and `cargo xtask` is what provides `protoc`, so
+//! xtask itself has to build without it. etcd is health-checked with a plain
+//! HTTP/1.1 `GET /health` instead.
+//!
+//! The search order is [`Etcd::provision`]'s:
+//! 1. `ETCD_ENDPOINTS` (comma-separated URLs) when set: used as is, after a
+//!    health check;
+//! 2. an `etcd` binary (`ETCD_BIN`, or `etcd` on `PATH`) spawned on free
+//!    loopback ports with a temporary data dir;
+//! 3. Docker (`quay.io/coreos/etcd`) when `docker info` answers;
+//! 4. on Debian/Ubuntu as root, `apt-get install -y etcd-server` (announced on
+//!    stderr), then 2.;
+//! 5. otherwise an [`Error`] that names the ways to get one.
+//!
+//! ```no_run
+//! let etcd = etcd_provision::Etcd::provision().expect("an etcd");
+//! println!("etcd at {}", etcd.endpoints().join(","));
+//! // Dropping `etcd` stops whatever was started and removes its data dir.
+//! ```
+
+use std::{
+    env, fmt,
+    fs::{self, File},
+    io::{self, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// Docker image used when neither `ETCD_ENDPOINTS` nor an `etcd` binary is
+/// available.
+pub const DOCKER_IMAGE: &str = "quay.io/coreos/etcd:v3.5.17";
+
+/// How long a freshly started etcd may take to answer `/health`.
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+/// Docker may have to pull the image first.
+const DOCKER_START_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Why no etcd could be provided. The message is one line meant for a human.
+#[derive(Debug)]
+pub struct Error(String);
+
+impl Error {
+    fn new(msg: impl Into<String>) -> Self {
+        Self(msg.into())
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// What to tell a user who has no etcd at all.
+pub const HOW_TO_GET_ETCD: &str = "no etcd found. Get one of: \
+(1) a running etcd: set ETCD_ENDPOINTS=http://127.0.0.1:2379; \
+(2) an etcd binary on PATH or in ETCD_BIN (Debian/Ubuntu: `apt-get install etcd-server`); \
+(3) a Docker engine that can run quay.io/coreos/etcd";
+
+/// A healthy etcd, and the means to stop it if we started it.
+#[derive(Debug)]
+pub struct Etcd {
+    endpoints: Vec<String>,
+    backend: Backend,
+}
+
+#[derive(Debug)]
+enum Backend {
+    External,
+    Process(EtcdProcess),
+    Docker(DockerEtcd),
+}
+
+impl Etcd {
+    /// Finds or starts an etcd, in the order given in the crate docs.
+    pub fn provision() -> Result<Self, Error> {
+        if let Ok(list) = env::var("ETCD_ENDPOINTS") {
+            return Self::external(&list);
+        }
+        if let Some(bin) = find_etcd_binary() {
+            return Self::spawn(&bin);
+        }
+        if docker_available() {
+            eprintln!("etcd-provision: no etcd binary; starting {DOCKER_IMAGE} with Docker");
+            let docker = DockerEtcd::start()?;
+            return Ok(Self {
+                endpoints: vec![docker.endpoint.clone()],
+                backend: Backend::Docker(docker),
+            });
+        }
+        if let Some(bin) = apt_install_etcd()? {
+            return Self::spawn(&bin);
+        }
+        Err(Error::new(HOW_TO_GET_ETCD))
+    }
+
+    /// Uses an etcd somebody else runs; `list` is a comma-separated URL list.
+    pub fn external(list: &str) -> Result<Self, Error> {
+        let endpoints: Vec<String> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect();
+        if endpoints.is_empty() {
+            return Err(Error::new("ETCD_ENDPOINTS is set but empty"));
+        }
+        for url in &endpoints {
+            check_reachable(url).map_err(|e| {
+                Error::new(format!("ETCD_ENDPOINTS: {url} is not a usable etcd: {e}"))
+            })?;
+        }
+        Ok(Self {
+            endpoints,
+            backend: Backend::External,
+        })
+    }
+
+    /// Spawns the given etcd binary on free loopback ports.
+    pub fn spawn(bin: &Path) -> Result<Self, Error> {
+        let process = EtcdProcess::start_new(bin)?;
+        Ok(Self {
+            endpoints: vec![process.endpoint()],
+            backend: Backend::Process(process),
+        })
+    }
+
+    /// Client URLs, e.g. `["http://127.0.0.1:41234"]`.
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    /// The binary that was spawned, when this etcd is a local process.
+    pub fn binary(&self) -> Option<&Path> {
+        match &self.backend {
+            Backend::Process(p) => Some(&p.bin),
+            _ => None,
+        }
+    }
+
+    /// Where the etcd came from, for log lines.
+    pub fn describe(&self) -> String {
+        match &self.backend {
+            Backend::External => "ETCD_ENDPOINTS".to_string(),
+            Backend::Process(p) => format!("{} (pid {})", p.bin.display(), p.pid().unwrap_or(0)),
+            Backend::Docker(d) => format!("docker container {}", d.short_id()),
+        }
+    }
+}
+
+/// An etcd child process with a temporary data dir and fixed ports, which can
+/// be killed and started again on the same data dir (to test restarts).
+///
+/// Dropping it kills the process and removes the data dir. On Linux the child
+/// is also asked to die with the thread that spawned it, so a crashed test
+/// run leaves no etcd behind.
+#[derive(Debug)]
+pub struct EtcdProcess {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    client_port: u16,
+    peer_port: u16,
+    child: Option<Child>,
+}
+
+impl EtcdProcess {
+    /// Starts `bin` on free ports with a fresh data dir; retries with other
+    /// ports if the chosen ones were taken in the meantime.
+    pub fn start_new(bin: &Path) -> Result<Self, Error> {
+        let mut last = None;
+        for _ in 0..3 {
+            let dir = tempfile::Builder::new()
+                .prefix("etcd-provision-")
+                .tempdir()
+                .map_err(|e| Error::new(format!("cannot create a temp dir for etcd: {e}")))?;
+            let mut process = Self {
+                bin: bin.to_path_buf(),
+                dir,
+                client_port: free_port()?,
+                peer_port: free_port()?,
+                child: None,
+            };
+            match process.start() {
+                Ok(()) => return Ok(process),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::new("etcd did not start")))
+    }
+
+    /// Finds a binary the way [`Etcd::provision`] does and starts it.
+    pub fn start_default() -> Result<Self, Error> {
+        let bin = find_etcd_binary().ok_or_else(|| {
+            Error::new(format!(
+                "this test starts its own etcd and needs an etcd binary (ETCD_BIN or PATH): {HOW_TO_GET_ETCD}"
+            ))
+        })?;
+        Self::start_new(&bin)
+    }
+
+    /// The client URL.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// The process id while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the process is running.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Starts etcd (again) on the same ports and data dir and waits until it
+    /// is healthy.
+    pub fn start(&mut self) -> Result<(), Error> {
+        if self.child.is_some() {
+            return Ok(());
+        }
+        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let log_path = self.dir.path().join("etcd.log");
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| Error::new(format!("cannot open {}: {e}", log_path.display())))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| Error::new(format!("cannot open {}: {e}", log_path.display())))?;
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("--name")
+            .arg("default")
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .arg("--listen-client-urls")
+            .arg(&client)
+            .arg("--advertise-client-urls")
+            .arg(&client)
+            .arg("--listen-peer-urls")
+            .arg(&peer)
+            .arg("--initial-advertise-peer-urls")
+            .arg(&peer)
+            .arg("--initial-cluster")
+            .arg(format!("default={peer}"))
+            // Fast elections: a restarted single node is leader in ~0.1 s.
+            .args(["--heartbeat-interval", "10", "--election-timeout", "100"])
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        die_with_parent(&mut cmd);
+        let child = cmd
+            .spawn()
+            .map_err(|e| Error::new(format!("cannot run {}: {e}", self.bin.display())))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if health(&format!("127.0.0.1:{}", self.client_port)).is_ok() {
+                return Ok(());
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                self.child = None;
+                return Err(Error::new(format!(
+                    "etcd ({}) exited at start with {status}: {}",
+                    self.bin.display(),
+                    last_line(&log_path)
+                )));
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                return Err(Error::new(format!(
+                    "etcd ({}) did not become healthy within {START_TIMEOUT:?}: {}",
+                    self.bin.display(),
+                    last_line(&log_path)
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills etcd with SIGKILL (as a crash would) and waits for it to exit.
+    /// The data dir is kept, so [`start`](Self::start) brings it back.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for EtcdProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[derive(Debug)]
+struct DockerEtcd {
+    id: String,
+    endpoint: String,
+}
+
+impl DockerEtcd {
+    fn start() -> Result<Self, Error> {
+        let port = free_port()?;
+        let url = format!("http://127.0.0.1:{port}");
+        let out = Command::new("docker")
+            .args(["run", "-d", "--rm", "-p"])
+            .arg(format!("127.0.0.1:{port}:2379"))
+            .arg(DOCKER_IMAGE)
+            .args([
+                "etcd",
+                "--listen-client-urls",
+                "http://0.0.0.0:2379",
+                "--advertise-client-urls",
+            ])
+            .arg(&url)
+            .output()
+            .map_err(|e| Error::new(format!("docker run failed: {e}")))?;
+        if !out.status.success() {
+            return Err(Error::new(format!(
+                "docker run {DOCKER_IMAGE} failed: {}",
+                first_line(&out.stderr)
+            )));
+        }
+        let docker = Self {
+            id: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            endpoint: url,
+        };
+        let deadline = Instant::now() + DOCKER_START_TIMEOUT;
+        while health(&format!("127.0.0.1:{port}")).is_err() {
+            if Instant::now() > deadline {
+                return Err(Error::new(format!(
+                    "etcd in docker container {} did not become healthy within {DOCKER_START_TIMEOUT:?}",
+                    docker.short_id()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(docker)
+    }
+
+    fn short_id(&self) -> &str {
+        &self.id[..self.id.len().min(12)]
+    }
+}
+
+impl Drop for DockerEtcd {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["rm", "-f", &self.id])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// `ETCD_BIN`, else `etcd` on `PATH`.
+pub fn find_etcd_binary() -> Option<PathBuf> {
+    if let Some(bin) = env::var_os("ETCD_BIN") {
+        return Some(PathBuf::from(bin));
+    }
+    find_on_path("etcd")
+}
+
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    env::split_paths(&env::var_os("PATH")?)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+fn docker_available() -> bool {
+    if find_on_path("docker").is_none() {
+        return false;
+    }
+    Command::new("docker")
+        .arg("info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// On Debian/Ubuntu as root, installs `etcd-server`. `Ok(None)` when this
+/// machine is not one where that applies.
+fn apt_install_etcd() -> Result<Option<PathBuf>, Error> {
+    let debian = Path::new("/etc/debian_version").exists();
+    if !debian || !is_root() || find_on_path("apt-get").is_none() {
+        return Ok(None);
+    }
+    eprintln!("etcd-provision: no etcd found; installing Debian's etcd-server with apt-get");
+    let install = || {
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends", "etcd-server"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !install() {
+        eprintln!("etcd-provision: apt-get install failed; running apt-get update and retrying");
+        let _ = Command::new("apt-get")
+            .args(["update", "-q"])
+            .stdout(Stdio::null())
+            .status();
+        if !install() {
+            return Err(Error::new(format!(
+                "apt-get install etcd-server failed; {HOW_TO_GET_ETCD}"
+            )));
+        }
+    }
+    // The package may start its own service on the default port; we never use
+    // it, our etcd runs on free ports with its own data dir.
+    find_etcd_binary()
+        .or_else(|| Some(PathBuf::from("/usr/bin/etcd")).filter(|p| p.is_file()))
+        .map(Some)
+        .ok_or_else(|| Error::new("apt-get installed etcd-server but no etcd binary was found"))
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
+/// Checks a URL: `/health` over HTTP/1.1 for `http://`, a TCP connect for
+/// anything else (TLS endpoints cannot be checked without a TLS stack).
+fn check_reachable(url: &str) -> io::Result<()> {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("http", url));
+    let host_port = rest.split('/').next().unwrap_or(rest);
+    if scheme == "http" {
+        health(host_port)
+    } else {
+        connect(host_port).map(drop)
+    }
+}
+
+fn connect(host_port: &str) -> io::Result<TcpStream> {
+    let addrs: Vec<SocketAddr> = host_port.to_socket_addrs()?.collect();
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "address resolves to nothing");
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// `GET /health` on an etcd client port; `Ok` when it says `"health":"true"`.
+pub fn health(host_port: &str) -> io::Result<()> {
+    let mut stream = connect(host_port)?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(
+        stream,
+        "GET /health HTTP/1.1\r\nHost: {host_port}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body)?;
+    if body.contains("\"health\":\"true\"") {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "/health did not say healthy: {}",
+            body.lines().last().unwrap_or("")
+        )))
+    }
+}
+
+/// A loopback TCP port that was free a moment ago.
+pub fn free_port() -> Result<u16, Error> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| Error::new(format!("cannot find a free loopback port: {e}")))
+}
+
+fn last_line(path: &Path) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("(no output)");
+    line.chars().take(400).collect()
+}
+
+fn first_line(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Asks the kernel to SIGKILL the child when the spawning thread exits, so a
+/// test binary killed mid-run leaves no etcd behind.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(_cmd: &mut Command) {}

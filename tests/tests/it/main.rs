@@ -1,0 +1,3 @@
+//! End-to-end tests against a real etcd. Run with `cargo xtask test`.
+
+mod etcd;
