@@ -1,3 +1,52 @@
 //! Round-robin and sticky gRPC load balancing as a tower `Service`.
 //!
-//! Must not depend on etcd, the registry or the resolver.
+//! [`Balancer`] takes a stream of endpoint [`Change`]s (`Insert`, `Remove`,
+//! `Reset`), keeps one HTTP/2 connection per endpoint with its real
+//! connectivity state (IDLE, CONNECTING, READY, TRANSIENT_FAILURE), reconnects
+//! failed ones with gRPC's backoff, and sends each request to a READY endpoint:
+//! round robin from a random start, or the instance named by a [`Sticky`]
+//! request extension. Requests that were never written to a connection are
+//! retried on another endpoint; requests that may have reached a server are
+//! not. With no READY endpoint a request waits (bounded by its deadline, or
+//! fails fast if so configured).
+//!
+//! One task owns the endpoint set and publishes immutable snapshots; a pick is
+//! a snapshot load and an atomic increment, with no lock.
+//!
+//! It knows nothing of etcd: the `resolver` crate produces the change stream,
+//! and tests build one by hand. It must not depend on `etcd-client`,
+//! `registry` or `resolver`.
+//!
+//! ```no_run
+//! use balancer::{Balancer, Change, Endpoint, StickyExt};
+//! use echo_proto::{EchoRequest, echo_client::EchoClient};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let endpoints = futures::stream::iter(vec![
+//!     Change::Insert("a".into(), Endpoint::new("127.0.0.1:50051")?.with_instance_id("1")),
+//!     Change::Insert("b".into(), Endpoint::new("127.0.0.1:50052")?.with_instance_id("2")),
+//! ]);
+//! let balancer = Balancer::builder().name("discovery/dev/game").build(endpoints);
+//! let mut client = EchoClient::new(balancer);
+//!
+//! let hi = || EchoRequest { message: "hi".into() };
+//! let any = client.unary_echo(hi()).await?; // round robin
+//! let two = client.unary_echo(tonic::Request::new(hi()).sticky("2")).await?; // instance 2
+//! println!("{} / {}", any.into_inner().message, two.into_inner().message);
+//! # Ok(())
+//! # }
+//! ```
+
+mod backoff;
+mod config;
+mod connection;
+mod service;
+mod set;
+mod state;
+mod sticky;
+
+pub use config::{BackoffConfig, EndpointConfig, Fallback};
+pub use discover::{Change, Endpoint, InvalidAddress};
+pub use service::{Balancer, BoxError, Builder, ResponseFuture};
+pub use state::{ConnectivityState, EndpointStatus, Stats};
+pub use sticky::{Sticky, StickyExt};

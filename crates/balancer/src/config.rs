@@ -1,0 +1,99 @@
+//! Settings, with their defaults documented in one place.
+
+use std::time::Duration;
+
+/// What a sticky request does when its instance is unknown, failed, or still
+/// connecting after [`Builder::sticky_wait`](crate::Builder::sticky_wait).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Fallback {
+    /// Round robin over the ready endpoints (the Go seed's behaviour).
+    #[default]
+    RoundRobin,
+    /// Fail with `UNAVAILABLE`, naming the instance id.
+    Fail,
+}
+
+/// gRPC connection backoff ("connection-backoff.md"): the delay before the
+/// n-th retry is `min(base * multiplier^n, max)`, spread by ±`jitter`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BackoffConfig {
+    /// First delay. Default 1 s.
+    pub base: Duration,
+    /// Growth per failed attempt. Default 1.6.
+    pub multiplier: f64,
+    /// Relative spread, 0.2 = ±20 %. Default 0.2.
+    pub jitter: f64,
+    /// Upper bound. Default 120 s.
+    pub max: Duration,
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        Self {
+            base: Duration::from_secs(1),
+            multiplier: 1.6,
+            jitter: 0.2,
+            max: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Per-endpoint connection settings.
+#[derive(Clone, Debug)]
+pub struct EndpointConfig {
+    /// Minimum time a connection attempt may take (gRPC's
+    /// `MIN_CONNECT_TIMEOUT`); an attempt gets `max(connect_timeout,
+    /// current backoff)`. Default 20 s.
+    pub connect_timeout: Duration,
+    /// Reconnect backoff. Default: gRPC's (1 s, ×1.6, jitter 0.2, max 120 s).
+    pub backoff: BackoffConfig,
+    /// HTTP/2 PING interval, to detect a frozen server. Default `None`: like
+    /// grpc-go clients, no pings (grpc-go servers reject pings more often than
+    /// every 5 minutes by default).
+    pub keep_alive_interval: Option<Duration>,
+    /// How long to wait for a PING acknowledgement. Default 20 s.
+    pub keep_alive_timeout: Duration,
+    /// HTTP/2 initial stream window. Default `None`: hyper's default.
+    pub initial_stream_window_size: Option<u32>,
+    /// HTTP/2 initial connection window. Default `None`: hyper's default.
+    pub initial_connection_window_size: Option<u32>,
+}
+
+impl Default for EndpointConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(20),
+            backoff: BackoffConfig::default(),
+            keep_alive_interval: None,
+            keep_alive_timeout: Duration::from_secs(20),
+            initial_stream_window_size: None,
+            initial_connection_window_size: None,
+        }
+    }
+}
+
+/// Balancer-wide settings; see [`Builder`](crate::Builder) for each one.
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) name: String,
+    pub(crate) fallback: Fallback,
+    pub(crate) fail_fast: bool,
+    pub(crate) ready_timeout: Option<Duration>,
+    pub(crate) sticky_wait: Duration,
+    pub(crate) max_retries: usize,
+    pub(crate) endpoint: EndpointConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            name: "balancer".to_string(),
+            fallback: Fallback::RoundRobin,
+            fail_fast: false,
+            ready_timeout: None,
+            sticky_wait: Duration::from_secs(5),
+            max_retries: 3,
+            endpoint: EndpointConfig::default(),
+        }
+    }
+}

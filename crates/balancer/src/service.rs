@@ -1,0 +1,563 @@
+//! The `Balancer` service: pick, wait, send, retry.
+
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use arc_swap::ArcSwap;
+use discover::Change;
+use futures::Stream;
+use http::HeaderMap;
+use hyper::body::Incoming;
+use tokio::{
+    sync::{oneshot, watch},
+    time::Instant,
+};
+use tonic::{Status, body::Body};
+
+use crate::{
+    BackoffConfig, EndpointConfig, Fallback, Sticky,
+    config::Config,
+    set::{Owner, ReadyEndpoint, Slot, Snapshot},
+    state::{EndpointStatus, Stats},
+};
+
+/// Boxed error, as tower services return them; tonic turns it into a
+/// `Status` (ours are `Status` already).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A gRPC load balancer: round robin over READY endpoints, with sticky
+/// requests, as a `tower::Service` that tonic-generated clients take directly.
+///
+/// Cheap to clone; every clone shares the endpoint set and connections. The
+/// connections close when the last clone is dropped. See the crate docs for an
+/// example.
+#[derive(Clone)]
+pub struct Balancer {
+    handle: Arc<Handle>,
+}
+
+struct Handle {
+    shared: Arc<Shared>,
+    // Dropped with the last `Balancer` clone: stops the owner task.
+    _shutdown: oneshot::Sender<()>,
+}
+
+/// State shared by the owner task and every request.
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) snapshot: ArcSwap<Snapshot>,
+    pub(crate) changed: watch::Sender<u64>,
+    counter: AtomicUsize,
+    sticky_fallbacks: AtomicU64,
+    retries: AtomicU64,
+}
+
+/// Builds a [`Balancer`]; every setting has a default (see each method).
+#[derive(Clone, Debug, Default)]
+pub struct Builder {
+    config: Config,
+}
+
+impl Builder {
+    /// Name used in errors and logs, e.g. the etcd prefix
+    /// `discovery/dev/game`. Default `balancer`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.config.name = name.into();
+        self
+    }
+
+    /// What sticky requests do when their instance is unavailable. Default
+    /// [`Fallback::RoundRobin`].
+    pub fn fallback(mut self, fallback: Fallback) -> Self {
+        self.config.fallback = fallback;
+        self
+    }
+
+    /// With no READY endpoint, fail at once with `UNAVAILABLE` instead of
+    /// waiting. Default `false` (wait, like gRPC's wait-for-ready).
+    pub fn fail_fast(mut self, fail_fast: bool) -> Self {
+        self.config.fail_fast = fail_fast;
+        self
+    }
+
+    /// The longest a request waits for a READY endpoint, on top of its own
+    /// deadline (`grpc-timeout`). Default: no limit but the deadline.
+    pub fn ready_timeout(mut self, limit: Duration) -> Self {
+        self.config.ready_timeout = Some(limit);
+        self
+    }
+
+    /// How long a sticky request waits for its instance while that instance
+    /// is connecting, before the fallback applies. Default 5 s.
+    pub fn sticky_wait(mut self, wait: Duration) -> Self {
+        self.config.sticky_wait = wait;
+        self
+    }
+
+    /// How many times a request that was never sent is retried on another
+    /// endpoint. Default 3.
+    pub fn max_retries(mut self, retries: usize) -> Self {
+        self.config.max_retries = retries;
+        self
+    }
+
+    /// Per-endpoint connection settings. Default [`EndpointConfig::default`].
+    pub fn endpoint_config(mut self, config: EndpointConfig) -> Self {
+        self.config.endpoint = config;
+        self
+    }
+
+    /// Shorthand for the backoff in [`EndpointConfig`].
+    pub fn backoff(mut self, backoff: BackoffConfig) -> Self {
+        self.config.endpoint.backoff = backoff;
+        self
+    }
+
+    /// Shorthand for the connect timeout in [`EndpointConfig`].
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.config.endpoint.connect_timeout = timeout;
+        self
+    }
+
+    /// Starts the balancer over a stream of endpoint changes.
+    ///
+    /// The stream may end: the balancer then keeps the last set.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime (it spawns the task that owns the set).
+    pub fn build<S>(self, discovery: S) -> Balancer
+    where
+        S: Stream<Item = Change> + Send + 'static,
+    {
+        let (changed, _) = watch::channel(0);
+        let shared = Arc::new(Shared {
+            config: self.config,
+            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            changed,
+            // Random start, so many clients do not all begin on one server.
+            counter: AtomicUsize::new(fastrand::usize(..)),
+            sticky_fallbacks: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+        });
+        let (shutdown_tx, shutdown_rx) = oneshot::channel();
+        tokio::spawn(Owner::new(shared.clone()).run(discovery, shutdown_rx));
+        Balancer {
+            handle: Arc::new(Handle {
+                shared,
+                _shutdown: shutdown_tx,
+            }),
+        }
+    }
+}
+
+impl Balancer {
+    /// A builder with every default.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// A balancer with every default over `discovery`.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    pub fn new<S>(discovery: S) -> Self
+    where
+        S: Stream<Item = Change> + Send + 'static,
+    {
+        Builder::default().build(discovery)
+    }
+
+    /// The name given to the builder.
+    pub fn name(&self) -> &str {
+        &self.handle.shared.config.name
+    }
+
+    /// Every known endpoint with its state and counters.
+    pub fn endpoints(&self) -> Vec<EndpointStatus> {
+        let snapshot = self.handle.shared.snapshot.load();
+        let mut all: Vec<_> = snapshot.all.iter().map(|e| e.status()).collect();
+        all.sort_by(|a, b| a.key.cmp(&b.key));
+        all
+    }
+
+    /// How many endpoints are READY now.
+    pub fn ready_count(&self) -> usize {
+        self.handle.shared.snapshot.load().ready.len()
+    }
+
+    /// Balancer-wide counters.
+    pub fn stats(&self) -> Stats {
+        let shared = &self.handle.shared;
+        Stats {
+            sticky_fallbacks: shared.sticky_fallbacks.load(Ordering::Relaxed),
+            retries: shared.retries.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Waits until `f` holds for the list of [`endpoints`](Self::endpoints);
+    /// re-checked on every change of the set or of a connection's state.
+    pub async fn wait_until(&self, mut f: impl FnMut(&[EndpointStatus]) -> bool) {
+        let mut changes = self.handle.shared.changed.subscribe();
+        loop {
+            if f(&self.endpoints()) {
+                return;
+            }
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Waits until at least `n` endpoints are READY.
+    pub async fn wait_for_ready(&self, n: usize) {
+        self.wait_until(|all| {
+            all.iter()
+                .filter(|e| e.state == crate::ConnectivityState::Ready)
+                .count()
+                >= n
+        })
+        .await;
+    }
+
+    /// Picks an endpoint the way a request would, without sending anything:
+    /// its address, or `None` when no endpoint is READY. For benchmarks and
+    /// diagnostics.
+    pub fn pick(&self, sticky: Option<&Sticky>) -> Option<String> {
+        let shared = &self.handle.shared;
+        let snapshot = shared.snapshot.load();
+        match shared.try_pick(&snapshot, sticky, true) {
+            Picked::Ready(ep) => Some(ep.shared.endpoint.addr().to_string()),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Debug for Balancer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Balancer")
+            .field("name", &self.name())
+            .field("ready", &self.ready_count())
+            .finish()
+    }
+}
+
+impl tower_service::Service<http::Request<Body>> for Balancer {
+    type Response = http::Response<Incoming>;
+    type Error = BoxError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Waiting for an endpoint happens per request, bounded by its own
+        // deadline; an error here would reach the caller as a bare `Unknown`.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let shared = self.handle.shared.clone();
+        ResponseFuture {
+            inner: Box::pin(async move { shared.dispatch(request).await }),
+        }
+    }
+}
+
+/// The response future of [`Balancer`].
+pub struct ResponseFuture {
+    inner: Pin<Box<dyn Future<Output = Result<http::Response<Incoming>, BoxError>> + Send>>,
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<http::Response<Incoming>, BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ResponseFuture")
+    }
+}
+
+/// The outcome of one pick attempt on a snapshot.
+pub(crate) enum Picked {
+    Ready(ReadyEndpoint),
+    Wait(Waiting),
+    Fail(Status),
+}
+
+/// Why a request is waiting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Waiting {
+    NoReady,
+    StickyConnecting,
+}
+
+impl Shared {
+    async fn dispatch(
+        &self,
+        mut request: http::Request<Body>,
+    ) -> Result<http::Response<Incoming>, BoxError> {
+        let sticky = request.extensions().get::<Sticky>().cloned();
+        let deadline = grpc_timeout(request.headers());
+        let mut retries = 0;
+        loop {
+            let endpoint = self.pick(sticky.as_ref(), deadline).await?;
+            endpoint.shared.picks.fetch_add(1, Ordering::Relaxed);
+            let mut sender = endpoint.sender;
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok(response),
+                Err(mut error) => {
+                    endpoint.shared.failures.fetch_add(1, Ordering::Relaxed);
+                    let addr = endpoint.shared.endpoint.addr();
+                    match error.take_message() {
+                        // Never written to the connection: safe on another.
+                        Some(unsent) if retries < self.config.max_retries => {
+                            retries += 1;
+                            self.retries.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(
+                                endpoint = %addr,
+                                error = %error.error(),
+                                "request was not sent; retrying on another endpoint"
+                            );
+                            request = unsent;
+                        }
+                        Some(_) => {
+                            return Err(Status::unavailable(format!(
+                                "request to {} was not sent after {retries} retries: {}",
+                                self.config.name,
+                                error.error()
+                            ))
+                            .into());
+                        }
+                        // It may have reached the server: not ours to retry.
+                        None => return Err(error.into_error().into()),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Picks a READY endpoint, waiting for one if needed.
+    async fn pick(
+        &self,
+        sticky: Option<&Sticky>,
+        deadline: Option<Duration>,
+    ) -> Result<ReadyEndpoint, Status> {
+        // Fast path: one snapshot load, one atomic add, no allocation.
+        if let Picked::Ready(endpoint) = self.try_pick(&self.snapshot.load(), sticky, false) {
+            return Ok(endpoint);
+        }
+        self.pick_slow(sticky, deadline).await
+    }
+
+    async fn pick_slow(
+        &self,
+        sticky: Option<&Sticky>,
+        deadline: Option<Duration>,
+    ) -> Result<ReadyEndpoint, Status> {
+        let started = Instant::now();
+        // Subscribe before looking, so no change is missed in between.
+        let mut changes = self.changed.subscribe();
+        let deadline_at = deadline.map(|d| started + d);
+        let limit_at = self.config.ready_timeout.map(|d| started + d);
+        let sticky_until = started + self.config.sticky_wait;
+        loop {
+            let sticky_expired = Instant::now() >= sticky_until;
+            let waiting = match self.try_pick(&self.snapshot.load(), sticky, sticky_expired) {
+                Picked::Ready(endpoint) => return Ok(endpoint),
+                Picked::Fail(status) => return Err(status),
+                Picked::Wait(waiting) => waiting,
+            };
+            if self.config.fail_fast && waiting == Waiting::NoReady {
+                return Err(Status::unavailable(self.describe(waiting, sticky, None)));
+            }
+            let mut wake = earliest(deadline_at, limit_at);
+            if waiting == Waiting::StickyConnecting {
+                wake = earliest(wake, Some(sticky_until));
+            }
+            tokio::select! {
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return Err(Status::unavailable(format!("balancer for {} was shut down", self.config.name)));
+                    }
+                }
+                () = sleep_until(wake) => {
+                    let now = Instant::now();
+                    let message = self.describe(waiting, sticky, Some(now - started));
+                    if deadline_at.is_some_and(|d| now >= d) {
+                        return Err(Status::deadline_exceeded(message));
+                    }
+                    if limit_at.is_some_and(|d| now >= d) {
+                        return Err(Status::unavailable(message));
+                    }
+                    // Otherwise the sticky wait is over: loop, and fall back.
+                }
+            }
+        }
+    }
+
+    pub(crate) fn try_pick(
+        &self,
+        snapshot: &Snapshot,
+        sticky: Option<&Sticky>,
+        sticky_expired: bool,
+    ) -> Picked {
+        if let Some(sticky) = sticky {
+            let slot = snapshot.instances.get(sticky.key().as_ref()).copied();
+            match slot {
+                Some(Slot::Ready(i)) => {
+                    let endpoint = &snapshot.ready[i];
+                    if !endpoint.sender.is_closed() {
+                        return Picked::Ready(endpoint.clone());
+                    }
+                    if !sticky_expired {
+                        return Picked::Wait(Waiting::StickyConnecting);
+                    }
+                }
+                Some(Slot::Connecting) if !sticky_expired => {
+                    return Picked::Wait(Waiting::StickyConnecting);
+                }
+                // A fresh client: nothing discovered yet, so the instance may
+                // well exist. Wait for the first endpoints before judging.
+                None if !snapshot.discovered || snapshot.all.is_empty() => {
+                    return Picked::Wait(Waiting::NoReady);
+                }
+                _ => {}
+            }
+            match self.config.fallback {
+                Fallback::Fail => {
+                    let why = match slot {
+                        None => "unknown",
+                        Some(Slot::Failed) => "in transient failure",
+                        _ => "not ready",
+                    };
+                    return Picked::Fail(Status::unavailable(format!(
+                        "sticky instance {:?} of {} is {why}",
+                        sticky.id(),
+                        self.config.name
+                    )));
+                }
+                Fallback::RoundRobin => {
+                    if let Some(endpoint) = self.round_robin(snapshot) {
+                        self.sticky_fallbacks.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(
+                            instance = sticky.id(),
+                            endpoint = %endpoint.shared.endpoint,
+                            "sticky instance unavailable; fell back to round robin"
+                        );
+                        return Picked::Ready(endpoint);
+                    }
+                    return Picked::Wait(Waiting::NoReady);
+                }
+            }
+        }
+        match self.round_robin(snapshot) {
+            Some(endpoint) => Picked::Ready(endpoint),
+            None => Picked::Wait(Waiting::NoReady),
+        }
+    }
+
+    fn round_robin(&self, snapshot: &Snapshot) -> Option<ReadyEndpoint> {
+        let n = snapshot.ready.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.counter.fetch_add(1, Ordering::Relaxed);
+        // A closed connection may still be in the snapshot for a moment after
+        // it died; skip it rather than fail the request.
+        (0..n)
+            .map(|i| &snapshot.ready[start.wrapping_add(i) % n])
+            .find(|endpoint| !endpoint.sender.is_closed())
+            .cloned()
+    }
+
+    fn describe(&self, waiting: Waiting, sticky: Option<&Sticky>, waited: Option<Duration>) -> String {
+        let snapshot = self.snapshot.load();
+        let after = waited.map(|d| format!(" after {d:.1?}")).unwrap_or_default();
+        let name = &self.config.name;
+        match (waiting, sticky) {
+            (Waiting::StickyConnecting, Some(sticky)) => format!(
+                "sticky instance {:?} of {name} still connecting{after}",
+                sticky.id()
+            ),
+            _ if !snapshot.discovered => format!("no endpoint discovered for {name}{after}"),
+            _ => format!(
+                "no ready endpoint for {name}{after}: {} known, {} connecting, {} in transient failure",
+                snapshot.all.len(),
+                snapshot.connecting,
+                snapshot.failed
+            ),
+        }
+    }
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The request's deadline from its `grpc-timeout` header (`<n><unit>`).
+pub(crate) fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("grpc-timeout", v.parse().expect("header value"));
+        h
+    }
+
+    #[test]
+    fn grpc_timeout_units_parse() {
+        assert_eq!(grpc_timeout(&headers("5S")), Some(Duration::from_secs(5)));
+        assert_eq!(grpc_timeout(&headers("100m")), Some(Duration::from_millis(100)));
+        assert_eq!(grpc_timeout(&headers("2M")), Some(Duration::from_secs(120)));
+        assert_eq!(grpc_timeout(&headers("1H")), Some(Duration::from_secs(3600)));
+        assert_eq!(grpc_timeout(&headers("7u")), Some(Duration::from_micros(7)));
+        assert_eq!(grpc_timeout(&headers("9n")), Some(Duration::from_nanos(9)));
+    }
+
+    #[test]
+    fn malformed_grpc_timeout_is_ignored() {
+        for bad in ["", "S", "5", "5x", "123456789S", "-1S"] {
+            assert_eq!(grpc_timeout(&headers(bad)), None, "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! The owner task: the one place the endpoint set changes.
+//!
+//! It consumes the discovery stream and the connection tasks' state events,
+//! and publishes an immutable [`Snapshot`] that the request path reads without
+//! a lock (linkerd's pattern: one task owns the state, the hot path reads a
+//! snapshot).
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
+
+use discover::{Change, Endpoint};
+use futures::{FutureExt as _, Stream, StreamExt as _};
+use tokio::{
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+};
+
+use crate::{
+    connection::{self, Sender, StateEvent},
+    service::Shared,
+    state::{ConnectivityState, EndpointShared},
+};
+
+/// An immutable view of the endpoint set, swapped in whole on every change.
+#[derive(Default)]
+pub(crate) struct Snapshot {
+    /// READY endpoints, in no particular order.
+    pub(crate) ready: Vec<ReadyEndpoint>,
+    /// Instance id → best state among the endpoints carrying it.
+    pub(crate) instances: HashMap<Arc<str>, Slot>,
+    /// Every known endpoint.
+    pub(crate) all: Vec<Arc<EndpointShared>>,
+    pub(crate) connecting: usize,
+    pub(crate) failed: usize,
+    /// Whether the discovery stream has delivered anything yet.
+    pub(crate) discovered: bool,
+}
+
+/// A READY endpoint and the handle to send on it.
+#[derive(Clone)]
+pub(crate) struct ReadyEndpoint {
+    pub(crate) shared: Arc<EndpointShared>,
+    pub(crate) sender: Sender,
+}
+
+/// Where an instance id stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Slot {
+    Ready(usize),
+    Connecting,
+    Failed,
+}
+
+impl Slot {
+    fn rank(self) -> u8 {
+        match self {
+            Self::Ready(_) => 2,
+            Self::Connecting => 1,
+            Self::Failed => 0,
+        }
+    }
+}
+
+struct Managed {
+    generation: u64,
+    shared: Arc<EndpointShared>,
+    state: ConnectivityState,
+    sender: Option<Sender>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Managed {
+    fn drop(&mut self) {
+        // In-flight requests keep their own handle to the connection, so they
+        // complete; the connection closes once they have.
+        self.task.abort();
+    }
+}
+
+pub(crate) struct Owner {
+    shared: Arc<Shared>,
+    endpoints: HashMap<String, Managed>,
+    events_tx: mpsc::UnboundedSender<StateEvent>,
+    events_rx: mpsc::UnboundedReceiver<StateEvent>,
+    next_generation: u64,
+    discovered: bool,
+    dirty: bool,
+}
+
+impl Owner {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        Self {
+            shared,
+            endpoints: HashMap::new(),
+            events_tx,
+            events_rx,
+            next_generation: 0,
+            discovered: false,
+            dirty: false,
+        }
+    }
+
+    /// Runs until every `Balancer` handle is dropped (`shutdown` resolves).
+    pub(crate) async fn run<S>(mut self, discovery: S, mut shutdown: oneshot::Receiver<()>)
+    where
+        S: Stream<Item = Change> + Send + 'static,
+    {
+        let mut discovery = std::pin::pin!(discovery);
+        let mut discovery_open = true;
+        loop {
+            let was_open = discovery_open;
+            tokio::select! {
+                _ = &mut shutdown => break,
+                change = discovery.next(), if discovery_open => match change {
+                    Some(change) => {
+                        self.apply_change(change);
+                        // Take every change already queued before publishing
+                        // once: an initial list of N endpoints is one snapshot.
+                        loop {
+                            match discovery.next().now_or_never() {
+                                Some(Some(change)) => self.apply_change(change),
+                                Some(None) => {
+                                    discovery_open = false;
+                                    break;
+                                }
+                                None => break,
+                            }
+                        }
+                    }
+                    None => discovery_open = false,
+                },
+                Some(event) = self.events_rx.recv() => self.apply_event(event),
+            }
+            if was_open && !discovery_open {
+                tracing::debug!(balancer = %self.shared.config.name, "discovery stream ended; keeping the last set");
+            }
+            while let Ok(event) = self.events_rx.try_recv() {
+                self.apply_event(event);
+            }
+            if self.dirty {
+                self.publish();
+            }
+        }
+        tracing::debug!(balancer = %self.shared.config.name, "balancer dropped; closing connections");
+    }
+
+    fn apply_change(&mut self, change: Change) {
+        self.discovered = true;
+        self.dirty = true;
+        match change {
+            Change::Insert(key, endpoint) => self.insert(key, endpoint),
+            Change::Remove(key) => self.remove(&key),
+            Change::Reset(all) => {
+                let keep: HashSet<&str> = all.iter().map(|(k, _)| k.as_str()).collect();
+                let gone: Vec<String> = self
+                    .endpoints
+                    .keys()
+                    .filter(|k| !keep.contains(k.as_str()))
+                    .cloned()
+                    .collect();
+                for key in gone {
+                    self.remove(&key);
+                }
+                for (key, endpoint) in all {
+                    self.insert(key, endpoint);
+                }
+            }
+        }
+    }
+
+    fn insert(&mut self, key: String, endpoint: Endpoint) {
+        if let Some(existing) = self.endpoints.get(&key)
+            && existing.shared.endpoint == endpoint
+        {
+            return;
+        }
+        tracing::info!(
+            balancer = %self.shared.config.name,
+            key = %key,
+            endpoint = %endpoint,
+            "endpoint added"
+        );
+        self.next_generation += 1;
+        let generation = self.next_generation;
+        let task = tokio::spawn(connection::run(
+            key.clone(),
+            generation,
+            endpoint.clone(),
+            self.shared.config.endpoint.clone(),
+            self.events_tx.clone(),
+        ));
+        let managed = Managed {
+            generation,
+            shared: EndpointShared::new(key.clone(), endpoint),
+            state: ConnectivityState::Idle,
+            sender: None,
+            task,
+        };
+        self.endpoints.insert(key, managed);
+    }
+
+    fn remove(&mut self, key: &str) {
+        if let Some(gone) = self.endpoints.remove(key) {
+            tracing::info!(
+                balancer = %self.shared.config.name,
+                key = %key,
+                endpoint = %gone.shared.endpoint,
+                "endpoint removed"
+            );
+        }
+    }
+
+    fn apply_event(&mut self, event: StateEvent) {
+        let Some(managed) = self.endpoints.get_mut(&event.key) else {
+            return;
+        };
+        if managed.generation != event.generation {
+            return; // from a connection task of a replaced endpoint
+        }
+        let from = managed.state;
+        managed.state = event.state;
+        managed.sender = event.sender;
+        managed.shared.set_state(event.state);
+        self.dirty = true;
+        let endpoint = &managed.shared.endpoint;
+        let name = &self.shared.config.name;
+        let error = event.error.as_deref().unwrap_or("");
+        match event.state {
+            ConnectivityState::Ready => {
+                tracing::info!(balancer = %name, endpoint = %endpoint, ?from, "endpoint ready");
+            }
+            ConnectivityState::TransientFailure => {
+                tracing::warn!(balancer = %name, endpoint = %endpoint, ?from, error, "endpoint connection failed");
+            }
+            ConnectivityState::Idle => {
+                tracing::info!(balancer = %name, endpoint = %endpoint, ?from, error, "endpoint left the ready set");
+            }
+            ConnectivityState::Connecting => {
+                tracing::debug!(balancer = %name, endpoint = %endpoint, ?from, "endpoint connecting");
+            }
+        }
+    }
+
+    fn publish(&mut self) {
+        self.dirty = false;
+        let mut snapshot = Snapshot {
+            discovered: self.discovered,
+            ..Snapshot::default()
+        };
+        for managed in self.endpoints.values() {
+            snapshot.all.push(managed.shared.clone());
+            let slot = match (managed.state, &managed.sender) {
+                (ConnectivityState::Ready, Some(sender)) => {
+                    snapshot.ready.push(ReadyEndpoint {
+                        shared: managed.shared.clone(),
+                        sender: sender.clone(),
+                    });
+                    Slot::Ready(snapshot.ready.len() - 1)
+                }
+                (ConnectivityState::TransientFailure, _) => {
+                    snapshot.failed += 1;
+                    Slot::Failed
+                }
+                _ => {
+                    snapshot.connecting += 1;
+                    Slot::Connecting
+                }
+            };
+            if let Some(id) = managed.shared.endpoint.instance_id() {
+                snapshot
+                    .instances
+                    .entry(Arc::from(id))
+                    .and_modify(|s| {
+                        if slot.rank() > s.rank() {
+                            *s = slot;
+                        }
+                    })
+                    .or_insert(slot);
+            }
+        }
+        self.shared.snapshot.store(Arc::new(snapshot));
+        self.shared.changed.send_modify(|version| *version += 1);
+    }
+}

@@ -1,0 +1,110 @@
+//! Connectivity states and per-endpoint counters.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU8, AtomicU64, Ordering},
+};
+
+use discover::Endpoint;
+
+/// gRPC connectivity state of one endpoint's connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConnectivityState {
+    /// Not connected and not trying (between a closed connection and the next
+    /// attempt).
+    Idle,
+    /// A connection attempt is under way.
+    Connecting,
+    /// Connected and the server has spoken: requests may be sent.
+    Ready,
+    /// The last attempt failed; waiting for the backoff to end.
+    TransientFailure,
+}
+
+impl ConnectivityState {
+    fn to_u8(self) -> u8 {
+        match self {
+            Self::Idle => 0,
+            Self::Connecting => 1,
+            Self::Ready => 2,
+            Self::TransientFailure => 3,
+        }
+    }
+
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::Connecting,
+            2 => Self::Ready,
+            3 => Self::TransientFailure,
+            _ => Self::Idle,
+        }
+    }
+}
+
+/// What the balancer knows of one endpoint, as returned by
+/// [`Balancer::endpoints`](crate::Balancer::endpoints).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointStatus {
+    /// The key the endpoint was inserted under.
+    pub key: String,
+    /// Address and instance id.
+    pub endpoint: Endpoint,
+    /// Current connectivity state.
+    pub state: ConnectivityState,
+    /// Requests sent to it.
+    pub picks: u64,
+    /// Requests that failed on it at the transport level (not gRPC errors
+    /// returned by the server).
+    pub failures: u64,
+}
+
+/// Balancer-wide counters, from [`Balancer::stats`](crate::Balancer::stats).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Sticky requests whose instance was unavailable and that went round
+    /// robin instead.
+    pub sticky_fallbacks: u64,
+    /// Requests retried on another endpoint because they were never sent.
+    pub retries: u64,
+}
+
+/// Per-endpoint shared state: written by the owner task and the request path,
+/// read by [`Balancer::endpoints`](crate::Balancer::endpoints).
+#[derive(Debug)]
+pub(crate) struct EndpointShared {
+    pub(crate) key: String,
+    pub(crate) endpoint: Endpoint,
+    state: AtomicU8,
+    pub(crate) picks: AtomicU64,
+    pub(crate) failures: AtomicU64,
+}
+
+impl EndpointShared {
+    pub(crate) fn new(key: String, endpoint: Endpoint) -> Arc<Self> {
+        Arc::new(Self {
+            key,
+            endpoint,
+            state: AtomicU8::new(ConnectivityState::Idle.to_u8()),
+            picks: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+        })
+    }
+
+    pub(crate) fn state(&self) -> ConnectivityState {
+        ConnectivityState::from_u8(self.state.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn set_state(&self, state: ConnectivityState) {
+        self.state.store(state.to_u8(), Ordering::Relaxed);
+    }
+
+    pub(crate) fn status(&self) -> EndpointStatus {
+        EndpointStatus {
+            key: self.key.clone(),
+            endpoint: self.endpoint.clone(),
+            state: self.state(),
+            picks: self.picks.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+        }
+    }
+}
