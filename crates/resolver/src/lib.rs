@@ -1,3 +1,49 @@
 //! Turns an etcd key prefix into a stream of endpoint changes.
 //!
-//! Must not depend on the registry.
+//! One job: follow the servers registered under `discovery/<env>/<service>/`
+//! (by the `registry` crate, or by Go's `endpoints.Manager`) and tell a
+//! consumer (the `balancer`) what changed, as [`discover::Change`]s. It must
+//! not depend on the registry or the balancer.
+//!
+//! How: list the prefix at a revision R (paginated, every page at R), emit an
+//! `Insert` per endpoint, then watch from R + 1. Values are decoded by
+//! [`decode_value`]; a malformed one is logged and counts as no endpoint.
+//! When the watch is canceled (compaction), fails, or etcd goes away, the
+//! resolver keeps the last known set, retries with [`Backoff`], lists again
+//! and emits only the differences: no endpoint lost, none left behind, the
+//! unchanged ones undisturbed. Each recovery is logged with its reason and
+//! duration.
+//!
+//! ```no_run
+//! use futures::StreamExt;
+//! use resolver::Resolver;
+//!
+//! # async fn run() -> Result<(), etcd_client::Error> {
+//! let mut changes = Resolver::connect(&["http://127.0.0.1:2379"], None, "discovery/dev/game")
+//!     .await?
+//!     .resolve();
+//! while let Some(change) = changes.next().await {
+//!     match change {
+//!         discover::Change::Insert(key, endpoint) => println!("+ {key} {endpoint}"),
+//!         discover::Change::Remove(key) => println!("- {key}"),
+//!         discover::Change::Reset(all) => println!("= {} endpoints", all.len()),
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+mod backoff;
+mod resolution;
+mod resolver;
+mod value;
+
+pub use crate::{
+    backoff::Backoff,
+    resolution::Resolution,
+    resolver::Resolver,
+    value::{DecodeError, Decoded, Entry, decode_value},
+};
+
+#[cfg(test)]
+mod compaction_tests;

@@ -1,0 +1,366 @@
+//! The [`Resolver`] builder and the task that follows etcd.
+
+use std::{collections::HashMap, fmt, sync::Arc, time::Duration};
+
+use etcd_client::{
+    Client, ConnectOptions, EventType, GetOptions, KeyValue, WatchOptions, WatchStream,
+};
+use tokio::time::{Instant, timeout};
+use tracing::{Instrument, debug, info, warn};
+
+use crate::{
+    backoff::Backoff,
+    resolution::{Resolution, Shared},
+    value::{Decoded, Entry, decode_value, shorten},
+};
+
+#[cfg(test)]
+pub(crate) type Hook =
+    Arc<dyn Fn(i64) -> futures::future::BoxFuture<'static, ()> + Send + Sync + 'static>;
+
+/// Builds a [`Resolution`] of one discovery prefix.
+///
+/// Defaults, all in one place:
+///
+/// | setting | default |
+/// |---|---|
+/// | [`backoff`](Self::backoff) | 100 ms, x2, max 5 s, jitter 0.2 ([`Backoff::default`]) |
+/// | [`page_size`](Self::page_size) | 1000 keys per get |
+/// | [`request_timeout`](Self::request_timeout) | 5 s per get / watch creation |
+/// | [`connect`](Self::connect) options | HTTP/2 keep-alive every 10 s, 5 s timeout; connect timeout 2 s |
+///
+/// The prefix is `discovery/<env>/<service>` (a trailing `/` is ignored); the
+/// resolver reads exactly the keys under `<prefix>/`, so `discovery/dev/game`
+/// does not see `discovery/dev/gameplay/…`.
+#[derive(Clone)]
+pub struct Resolver {
+    client: Client,
+    /// `<prefix>/`.
+    key_prefix: String,
+    backoff: Backoff,
+    page_size: i64,
+    request_timeout: Duration,
+    #[cfg(test)]
+    pub(crate) before_watch: Option<Hook>,
+}
+
+impl fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Resolver")
+            .field("key_prefix", &self.key_prefix)
+            .field("backoff", &self.backoff)
+            .field("page_size", &self.page_size)
+            .field("request_timeout", &self.request_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Resolver {
+    /// A resolver of `prefix` reading through `client`.
+    ///
+    /// A client without HTTP/2 keep-alive notices a silently dead etcd only
+    /// when the OS does; [`connect`](Self::connect) sets it up.
+    pub fn new(client: Client, prefix: impl Into<String>) -> Self {
+        let prefix = prefix.into();
+        Self {
+            client,
+            key_prefix: format!("{}/", prefix.trim_end_matches('/')),
+            backoff: Backoff::default(),
+            page_size: 1000,
+            request_timeout: Duration::from_secs(5),
+            #[cfg(test)]
+            before_watch: None,
+        }
+    }
+
+    /// A resolver of `prefix` with its own client to `endpoints` (URLs such
+    /// as `http://127.0.0.1:2379`). With `options` `None` the client gets
+    /// HTTP/2 keep-alive (10 s, timeout 5 s) and a 2 s connect timeout.
+    ///
+    /// Connecting is lazy: etcd need not be up yet. Fails only on arguments
+    /// etcd-client rejects (no endpoint, an invalid URL).
+    pub async fn connect<E: AsRef<str>>(
+        endpoints: &[E],
+        options: Option<ConnectOptions>,
+        prefix: impl Into<String>,
+    ) -> Result<Self, etcd_client::Error> {
+        let options = options.unwrap_or_else(|| {
+            ConnectOptions::new()
+                .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+                .with_connect_timeout(Duration::from_secs(2))
+        });
+        let client = Client::connect(endpoints, Some(options)).await?;
+        Ok(Self::new(client, prefix))
+    }
+
+    /// How long to wait between attempts to reach etcd again.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// How many keys one get returns when listing (at least 1). All pages of
+    /// one list are read at the same revision.
+    pub fn page_size(mut self, keys: usize) -> Self {
+        self.page_size = i64::try_from(keys.max(1)).unwrap_or(i64::MAX);
+        self
+    }
+
+    /// Limit on each get and on creating the watch; an etcd that does not
+    /// answer in time counts as down.
+    pub fn request_timeout(mut self, limit: Duration) -> Self {
+        self.request_timeout = limit;
+        self
+    }
+
+    /// The keys this resolver reads start with this (`<prefix>/`).
+    pub fn key_prefix(&self) -> &str {
+        &self.key_prefix
+    }
+
+    /// Starts the resolver task and returns its [`Resolution`].
+    ///
+    /// The task lists the prefix, then watches it from the next revision. On
+    /// a canceled watch (compaction), a watch error or a lost connection it
+    /// lists again after a backoff and emits only what differs; meanwhile the
+    /// last known set stays as it was.
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime.
+    pub fn resolve(self) -> Resolution {
+        let shared = Arc::new(Shared::default());
+        let span = tracing::info_span!("resolver", prefix = %self.key_prefix);
+        let task = tokio::spawn(self.run(shared.clone()).instrument(span));
+        Resolution::new(shared, task.abort_handle())
+    }
+
+    async fn run(mut self, shared: Arc<Shared>) {
+        // Ends the stream if this task ever stops (it is aborted when the
+        // stream is dropped; a panic would otherwise hang the consumer).
+        struct CloseOnDrop(Arc<Shared>);
+        impl Drop for CloseOnDrop {
+            fn drop(&mut self) {
+                self.0.close();
+            }
+        }
+        let _close = CloseOnDrop(shared.clone());
+
+        let started = Instant::now();
+        let mut failures = 0u32;
+        // Since when, and why, the set has not been followed.
+        let mut outage: Option<(Instant, String)> = None;
+        loop {
+            match self.sync(&shared).await {
+                Ok((watch, revision, changed)) => {
+                    let endpoints = shared.len();
+                    match outage.take() {
+                        Some((since, reason)) => info!(
+                            %reason,
+                            took_ms = since.elapsed().as_millis() as u64,
+                            attempts = failures + 1,
+                            changed,
+                            endpoints,
+                            revision,
+                            "resolver recovered"
+                        ),
+                        None => info!(
+                            took_ms = started.elapsed().as_millis() as u64,
+                            endpoints,
+                            revision,
+                            "resolver listed the prefix and is watching it"
+                        ),
+                    }
+                    failures = 0;
+                    let reason = self.follow(watch, &shared).await;
+                    warn!(%reason, "resolver lost its watch, listing again");
+                    outage = Some((Instant::now(), reason));
+                }
+                Err(error) => {
+                    let delay = self.backoff.delay(failures);
+                    failures = failures.saturating_add(1);
+                    warn!(
+                        %error,
+                        attempt = failures,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "resolver cannot list and watch etcd; keeping the last known set"
+                    );
+                    if outage.is_none() {
+                        outage = Some((Instant::now(), error));
+                    }
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// Lists the prefix at one revision R and opens a watch from R + 1; only
+    /// once both worked is the list applied (diffed against the current set).
+    async fn sync(&mut self, shared: &Shared) -> Result<(WatchStream, i64, usize), String> {
+        let (fresh, revision) = self.list().await?;
+
+        #[cfg(test)]
+        if let Some(hook) = &self.before_watch {
+            hook(revision).await;
+        }
+
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision + 1)
+            .with_prev_key();
+        let key = self.key_prefix.clone();
+        let mut watch = self
+            .timed("creating the watch", self.client.clone().watch(key, Some(options)))
+            .await?;
+        let created = self.timed("creating the watch", watch.message()).await?;
+        match created {
+            None => return Err("watch stream ended before the watch was created".into()),
+            Some(resp) if resp.canceled() => return Err(cancel_reason(&resp)),
+            Some(_) => {}
+        }
+        let changed = shared.reset(fresh);
+        Ok((watch, revision, changed))
+    }
+
+    /// Reads the whole prefix, page by page, all pages at the revision of the
+    /// first one.
+    async fn list(&mut self) -> Result<(HashMap<String, Entry>, i64), String> {
+        let end = prefix_end(self.key_prefix.as_bytes());
+        let mut start = self.key_prefix.as_bytes().to_vec();
+        let mut revision = 0;
+        let mut set = HashMap::new();
+        loop {
+            let mut options = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(self.page_size);
+            if revision > 0 {
+                options = options.with_revision(revision);
+            }
+            let mut client = self.client.clone();
+            let resp = self
+                .timed("listing", client.get(start.clone(), Some(options)))
+                .await?;
+            if revision == 0 {
+                revision = resp
+                    .header()
+                    .map(|h| h.revision())
+                    .ok_or("etcd sent a get response without a header")?;
+            }
+            for kv in resp.kvs() {
+                if let Some((key, Some(entry))) = self.decode(kv, "list") {
+                    set.insert(key, entry);
+                }
+            }
+            match resp.kvs().last() {
+                Some(last) if resp.more() => {
+                    start = last.key().to_vec();
+                    start.push(0);
+                }
+                _ => break,
+            }
+        }
+        Ok((set, revision))
+    }
+
+    /// Applies watch events until the watch stops; returns why it stopped.
+    async fn follow(&self, mut watch: WatchStream, shared: &Shared) -> String {
+        loop {
+            match watch.message().await {
+                Ok(Some(resp)) => {
+                    if resp.canceled() {
+                        return cancel_reason(&resp);
+                    }
+                    shared.apply(resp.events().iter().filter_map(|event| {
+                        let kv = event.kv()?;
+                        match event.event_type() {
+                            EventType::Put => self.decode(kv, "put"),
+                            EventType::Delete => {
+                                Some((String::from_utf8(kv.key().to_vec()).ok()?, None))
+                            }
+                        }
+                    }));
+                }
+                Ok(None) => return "watch stream ended".into(),
+                Err(e) => return format!("watch stream error: {e}"),
+            }
+        }
+    }
+
+    /// The key and what its value says: `Some(entry)` for an endpoint, `None`
+    /// for no endpoint (a delete op or a malformed value, logged). `None`
+    /// overall for a key that cannot be a change key (not UTF-8).
+    fn decode(&self, kv: &KeyValue, source: &str) -> Option<(String, Option<Entry>)> {
+        let Ok(key) = kv.key_str() else {
+            warn!(key = ?String::from_utf8_lossy(kv.key()), "ignoring a key that is not UTF-8");
+            return None;
+        };
+        let entry = match decode_value(kv.value()) {
+            Ok(Decoded::Endpoint(entry)) => Some(entry),
+            Ok(Decoded::Delete) => {
+                debug!(key, source, "value says Op 1 (delete): no endpoint");
+                None
+            }
+            Err(error) => {
+                warn!(
+                    key,
+                    %error,
+                    value = %shorten(&String::from_utf8_lossy(kv.value())),
+                    revision = kv.mod_revision(),
+                    "ignoring a malformed endpoint value"
+                );
+                None
+            }
+        };
+        Some((key.to_string(), entry))
+    }
+
+    async fn timed<T>(
+        &self,
+        what: &str,
+        fut: impl Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, String> {
+        match timeout(self.request_timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(format!("{what}: {e}")),
+            Err(_) => Err(format!(
+                "{what}: etcd did not answer within {:?}",
+                self.request_timeout
+            )),
+        }
+    }
+}
+
+fn cancel_reason(resp: &etcd_client::WatchResponse) -> String {
+    if resp.compact_revision() > 0 {
+        format!(
+            "watch canceled: its start revision was compacted (compact revision {})",
+            resp.compact_revision()
+        )
+    } else {
+        format!("watch canceled by etcd: {:?}", resp.cancel_reason())
+    }
+}
+
+/// The first key after every key starting with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // All 0xff: to the end of the keyspace.
+    vec![0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_is_the_next_key_after_the_slash() {
+        assert_eq!(prefix_end(b"discovery/dev/game/"), b"discovery/dev/game0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff"), b"\0");
+    }
+}
