@@ -1,3 +1,76 @@
 //! Registers a server's address in etcd under a lease that it keeps alive.
 //!
+//! The key is `<prefix>/<address>` (e.g. `discovery/dev/game/127.0.0.1:41234`)
+//! and the value is exactly what Go's `endpoints.Manager.AddEndpoint` writes,
+//! `{"Op":0,"Addr":"127.0.0.1:41234","Metadata":"1"}`, so Go resolvers find
+//! Rust servers and the other way round.
+//!
+//! Unlike the Go seed, a registration does not silently vanish: a background
+//! task keeps the lease alive and, when the lease or the key is lost (etcd
+//! restart, network failure, lease revoked or expired, key deleted or
+//! overwritten), grants a new lease and puts the key again, with exponential
+//! backoff and jitter, until [`Registered::deregister`] is called. Its
+//! [`State`] is observable through [`Registered::state`].
+//!
 //! Must not depend on the resolver or the balancer.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use registry::{Registration, State};
+//!
+//! # async fn run() -> Result<(), registry::Error> {
+//! let registered = Registration::new("discovery/dev/game", "127.0.0.1:41234")
+//!     .etcd_endpoints(["http://127.0.0.1:2379"])
+//!     .instance_id("1")
+//!     .ttl(Duration::from_secs(10))
+//!     .register()
+//!     .await?;
+//! assert_eq!(registered.key(), "discovery/dev/game/127.0.0.1:41234");
+//! assert_eq!(*registered.state().borrow(), State::Registered);
+//!
+//! registered.update_metadata(serde_json::json!("1-draining")).await?;
+//!
+//! // On shutdown: delete the key and revoke the lease.
+//! registered.deregister().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Invalid settings are reported before etcd is contacted:
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! use registry::{ErrorKind, Registration};
+//!
+//! let err = Registration::new("discovery/dev/game", "127.0.0.1")
+//!     .register()
+//!     .await
+//!     .unwrap_err();
+//! assert_eq!(err.kind(), ErrorKind::InvalidConfig);
+//! assert_eq!(
+//!     err.to_string(),
+//!     "invalid address \"127.0.0.1\": missing port; expected host:port such as 127.0.0.1:50051"
+//! );
+//! # }
+//! ```
+
+mod backoff;
+mod endpoint;
+mod error;
+mod registered;
+mod registration;
+mod task;
+
+pub use error::{Error, ErrorKind};
+pub use registered::{Registered, State};
+pub use registration::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_ETCD_ENDPOINT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_TTL, MIN_TTL,
+    Registration,
+};
+
+/// The etcd client this crate uses, for [`Registration::client`] and
+/// [`Registration::connect_options`].
+pub use etcd_client;

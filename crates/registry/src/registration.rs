@@ -1,0 +1,382 @@
+//! The [`Registration`] builder and the validation of its values.
+
+use std::{fmt, time::Duration};
+
+use etcd_client::{Client, ConnectOptions};
+use serde_json::Value;
+
+use crate::{Error, Registered, task};
+
+/// Default etcd endpoint, the same as the seed's and `etcdctl`'s.
+pub const DEFAULT_ETCD_ENDPOINT: &str = "http://127.0.0.1:2379";
+/// Default lease TTL: 60 s, like the Go seed.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
+/// Smallest accepted lease TTL.
+pub const MIN_TTL: Duration = Duration::from_secs(2);
+/// Default time allowed for the first registration.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default time allowed for each etcd request made in the background.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Describes what to register and how; [`register`](Registration::register)
+/// makes it happen.
+///
+/// | setting | default |
+/// |---|---|
+/// | etcd | [`DEFAULT_ETCD_ENDPOINT`], no [`ConnectOptions`] |
+/// | metadata | the address as a JSON string |
+/// | TTL | [`DEFAULT_TTL`] (60 s), at least [`MIN_TTL`] (2 s) |
+/// | keepalive interval | TTL / 3 |
+/// | connect timeout (first registration) | [`DEFAULT_CONNECT_TIMEOUT`] (5 s) |
+/// | request timeout (each later request) | [`DEFAULT_REQUEST_TIMEOUT`] (5 s) |
+///
+/// The key is `<prefix>/<address>`, e.g. `discovery/dev/game/127.0.0.1:41234`,
+/// and the value is what Go's `endpoints.Manager` writes:
+/// `{"Op":0,"Addr":"127.0.0.1:41234","Metadata":"1"}`.
+#[derive(Clone)]
+pub struct Registration {
+    etcd: Etcd,
+    prefix: String,
+    address: String,
+    metadata: Option<Value>,
+    ttl: Duration,
+    keepalive_interval: Option<Duration>,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+}
+
+#[derive(Clone)]
+enum Etcd {
+    Endpoints {
+        endpoints: Vec<String>,
+        options: Option<ConnectOptions>,
+    },
+    Client(Box<Client>),
+}
+
+/// A validated [`Registration`], what the background task works with.
+pub(crate) struct Config {
+    pub(crate) key: String,
+    pub(crate) address: String,
+    pub(crate) metadata: Value,
+    /// Whole seconds, as etcd wants them.
+    pub(crate) ttl_secs: i64,
+    pub(crate) keepalive_interval: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) request_timeout: Duration,
+}
+
+impl Registration {
+    /// Registers `address` (`host:port`) under `prefix`
+    /// (`discovery/<env>/<service>`), with the defaults of the table above.
+    pub fn new(prefix: impl Into<String>, address: impl Into<String>) -> Self {
+        Self {
+            etcd: Etcd::Endpoints {
+                endpoints: vec![DEFAULT_ETCD_ENDPOINT.to_owned()],
+                options: None,
+            },
+            prefix: prefix.into(),
+            address: address.into(),
+            metadata: None,
+            ttl: DEFAULT_TTL,
+            keepalive_interval: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+        }
+    }
+
+    /// The etcd client URLs to connect to, e.g. `http://127.0.0.1:2379`.
+    /// Replaces a client given with [`client`](Self::client).
+    pub fn etcd_endpoints<I, S>(mut self, endpoints: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let endpoints = endpoints.into_iter().map(Into::into).collect();
+        let options = match self.etcd {
+            Etcd::Endpoints { options, .. } => options,
+            Etcd::Client(_) => None,
+        };
+        self.etcd = Etcd::Endpoints { endpoints, options };
+        self
+    }
+
+    /// Options (TLS, user, timeouts) for connecting to the
+    /// [`etcd_endpoints`](Self::etcd_endpoints).
+    pub fn connect_options(mut self, options: ConnectOptions) -> Self {
+        self.etcd = match self.etcd {
+            Etcd::Endpoints { endpoints, .. } => Etcd::Endpoints {
+                endpoints,
+                options: Some(options),
+            },
+            Etcd::Client(_) => Etcd::Endpoints {
+                endpoints: vec![DEFAULT_ETCD_ENDPOINT.to_owned()],
+                options: Some(options),
+            },
+        };
+        self
+    }
+
+    /// Uses an already connected client instead of connecting; many
+    /// registrations may share one client (it is cheap to clone).
+    pub fn client(mut self, client: Client) -> Self {
+        self.etcd = Etcd::Client(Box::new(client));
+        self
+    }
+
+    /// The endpoint metadata, any JSON value. Readers of the Go stack take a
+    /// JSON string as the instance id; see also
+    /// [`instance_id`](Self::instance_id).
+    pub fn metadata(mut self, metadata: Value) -> Self {
+        self.metadata = Some(metadata);
+        self
+    }
+
+    /// Sets the metadata to the JSON string `id`, the instance id that sticky
+    /// requests name.
+    pub fn instance_id(self, id: impl Into<String>) -> Self {
+        self.metadata(Value::String(id.into()))
+    }
+
+    /// The lease TTL: how long the key outlives a server that stopped
+    /// without deregistering. At least 2 s; etcd counts in whole seconds, so
+    /// a fraction is rounded up.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// How often the lease is refreshed; must be shorter than the TTL.
+    pub fn keepalive_interval(mut self, interval: Duration) -> Self {
+        self.keepalive_interval = Some(interval);
+        self
+    }
+
+    /// How long [`register`](Self::register) tries (with retries) before
+    /// giving up.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The limit for each etcd request once registered (keepalive,
+    /// re-registration attempts, metadata updates, deregistration).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// The etcd key this registration writes: `<prefix>/<address>`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.prefix, self.address)
+    }
+
+    /// Grants a lease, puts the key with it and starts keeping it alive in
+    /// a background task (on the current tokio runtime).
+    ///
+    /// Invalid settings fail at once with [`ErrorKind::InvalidConfig`]
+    /// before etcd is contacted. If etcd cannot be reached, attempts are
+    /// retried until the [connect timeout](Self::connect_timeout), then the
+    /// error ([`ErrorKind::Unavailable`]) names the endpoints and the last
+    /// cause.
+    ///
+    /// [`ErrorKind::InvalidConfig`]: crate::ErrorKind::InvalidConfig
+    /// [`ErrorKind::Unavailable`]: crate::ErrorKind::Unavailable
+    pub async fn register(self) -> Result<Registered, Error> {
+        let config = self.validate()?;
+        let (client, endpoints) = match self.etcd {
+            Etcd::Client(client) => (task::Connect::Ready(client), None),
+            Etcd::Endpoints { endpoints, options } => {
+                let described = endpoints.join(",");
+                (
+                    task::Connect::Endpoints { endpoints, options },
+                    Some(described),
+                )
+            }
+        };
+        task::register(config, client, endpoints).await
+    }
+
+    fn validate(&self) -> Result<Config, Error> {
+        validate_prefix(&self.prefix)?;
+        validate_address(&self.address)?;
+        if let Etcd::Endpoints { endpoints, .. } = &self.etcd {
+            if endpoints.is_empty() {
+                return Err(Error::invalid(
+                    "no etcd endpoint given: pass at least one URL such as http://127.0.0.1:2379",
+                ));
+            }
+            if let Some(bad) = endpoints.iter().find(|e| e.trim().is_empty()) {
+                return Err(Error::invalid(format!(
+                    "invalid etcd endpoint {bad:?}: expected a URL such as http://127.0.0.1:2379"
+                )));
+            }
+        }
+        if self.ttl < MIN_TTL {
+            return Err(Error::invalid(format!(
+                "invalid TTL {:?}: the lease TTL must be at least {MIN_TTL:?}",
+                self.ttl
+            )));
+        }
+        let ttl_secs = self.ttl.as_secs() + u64::from(self.ttl.subsec_nanos() > 0);
+        let ttl_secs = i64::try_from(ttl_secs)
+            .map_err(|_| Error::invalid(format!("invalid TTL {:?}: too large", self.ttl)))?;
+        let ttl = Duration::from_secs(ttl_secs.unsigned_abs());
+        let keepalive_interval = self.keepalive_interval.unwrap_or(ttl / 3);
+        if keepalive_interval.is_zero() || keepalive_interval >= ttl {
+            return Err(Error::invalid(format!(
+                "invalid keepalive interval {keepalive_interval:?}: it must be more than zero \
+                 and shorter than the TTL ({ttl:?})"
+            )));
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(Error::invalid(
+                "invalid connect timeout 0s: it must be more than zero",
+            ));
+        }
+        if self.request_timeout.is_zero() {
+            return Err(Error::invalid(
+                "invalid request timeout 0s: it must be more than zero",
+            ));
+        }
+        Ok(Config {
+            key: self.key(),
+            address: self.address.clone(),
+            metadata: self
+                .metadata
+                .clone()
+                .unwrap_or_else(|| Value::String(self.address.clone())),
+            ttl_secs,
+            keepalive_interval,
+            connect_timeout: self.connect_timeout,
+            request_timeout: self.request_timeout,
+        })
+    }
+}
+
+impl fmt::Debug for Registration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Registration");
+        match &self.etcd {
+            Etcd::Endpoints { endpoints, .. } => d.field("etcd_endpoints", endpoints),
+            Etcd::Client(_) => d.field("etcd_endpoints", &"<client>"),
+        };
+        d.field("prefix", &self.prefix)
+            .field("address", &self.address)
+            .field("metadata", &self.metadata)
+            .field("ttl", &self.ttl)
+            .field("keepalive_interval", &self.keepalive_interval)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
+}
+
+fn validate_prefix(prefix: &str) -> Result<(), Error> {
+    if prefix.is_empty() {
+        return Err(Error::invalid(
+            "empty key prefix: expected something like discovery/<env>/<service>",
+        ));
+    }
+    if prefix.ends_with('/') {
+        return Err(Error::invalid(format!(
+            "invalid key prefix {prefix:?}: it must not end with '/' (the key is <prefix>/<address>)"
+        )));
+    }
+    if prefix.chars().any(char::is_whitespace) {
+        return Err(Error::invalid(format!(
+            "invalid key prefix {prefix:?}: it must not contain whitespace"
+        )));
+    }
+    Ok(())
+}
+
+fn validate_address(address: &str) -> Result<(), Error> {
+    let bad = |why: &str| {
+        Err(Error::invalid(format!(
+            "invalid address {address:?}: {why}; expected host:port such as 127.0.0.1:50051"
+        )))
+    };
+    if address.parse::<std::net::SocketAddr>().is_ok() {
+        return if address.ends_with(":0") {
+            bad("port 0 is not a port clients can connect to")
+        } else {
+            Ok(())
+        };
+    }
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return bad("missing port");
+    };
+    if host.is_empty() {
+        return bad("missing host");
+    }
+    match port.parse::<u16>() {
+        Ok(0) => return bad("port 0 is not a port clients can connect to"),
+        Ok(_) => {}
+        Err(_) => return bad("the port must be a number from 1 to 65535"),
+    }
+    let hostname_ok = host.split('.').all(|label| {
+        !label.is_empty()
+            && label
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    });
+    if !hostname_ok {
+        return bad("the host is neither an IP address nor a host name (IPv6 needs brackets)");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_with_host_and_port_are_accepted() {
+        for a in [
+            "127.0.0.1:41234",
+            "[::1]:80",
+            "localhost:1",
+            "game-1.svc_a.local:65535",
+        ] {
+            assert!(validate_address(a).is_ok(), "{a}");
+        }
+    }
+
+    #[test]
+    fn addresses_without_a_usable_port_or_host_are_rejected() {
+        for a in [
+            "",
+            "127.0.0.1",
+            "127.0.0.1:",
+            ":80",
+            "h:0",
+            "h:65536",
+            "h:x",
+            "::1:80",
+            "a b:1",
+            "h/x:1",
+            "127.0.0.1:0",
+        ] {
+            assert!(validate_address(a).is_err(), "{a}");
+        }
+    }
+
+    #[test]
+    fn fractional_ttl_is_rounded_up_to_whole_seconds() {
+        let c = Registration::new("p", "h:1")
+            .ttl(Duration::from_millis(2500))
+            .validate()
+            .expect("valid");
+        assert_eq!(c.ttl_secs, 3);
+        assert_eq!(c.keepalive_interval, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn default_metadata_is_the_address_as_a_json_string() {
+        let c = Registration::new("p", "h:1").validate().expect("valid");
+        assert_eq!(c.metadata, Value::String("h:1".into()));
+        assert_eq!(c.ttl_secs, 60);
+        assert_eq!(c.keepalive_interval, Duration::from_secs(20));
+    }
+}

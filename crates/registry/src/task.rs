@@ -1,0 +1,564 @@
+//! The background task that owns a registration: keepalive, watching the own
+//! key, re-registration with backoff, metadata updates, deregistration.
+
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, LeaseKeepAliveResponse,
+    LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp, WatchOptions, WatchResponse,
+    WatchStream,
+};
+use serde_json::Value;
+use tokio::{
+    sync::{mpsc, oneshot, watch},
+    time::{Instant, MissedTickBehavior, interval_at, sleep_until, timeout, timeout_at},
+};
+use tracing::{debug, info, warn};
+
+use crate::{
+    Error, ErrorKind, Registered, State,
+    backoff::Backoff,
+    endpoint,
+    error::{describe, is_lease_not_found, is_transient},
+    registration::Config,
+};
+
+/// A session that lived less than this and was lost again counts as a flap:
+/// the next re-registration waits (with growing backoff) instead of retrying
+/// at once, so two writers fighting over one key do not spin.
+const STABLE: Duration = Duration::from_secs(1);
+
+/// Requests from the [`Registered`] handle to its task.
+#[derive(Debug)]
+pub(crate) enum Command {
+    UpdateMetadata(Value, oneshot::Sender<Result<(), Error>>),
+    Deregister(oneshot::Sender<Result<(), Error>>),
+}
+
+/// How the first registration gets its client.
+pub(crate) enum Connect {
+    Ready(Box<Client>),
+    Endpoints {
+        endpoints: Vec<String>,
+        options: Option<ConnectOptions>,
+    },
+}
+
+/// First registration, retried until the connect timeout; then the task.
+pub(crate) async fn register(
+    config: Config,
+    connect: Connect,
+    endpoints: Option<String>,
+) -> Result<Registered, Error> {
+    let started = Instant::now();
+    let deadline = started + config.connect_timeout;
+    let at = endpoints.map(|e| format!(" at {e}")).unwrap_or_default();
+    let doing = format!("cannot register {} in etcd{at}", config.key);
+    let value = endpoint::encode(&config.address, &config.metadata);
+    let backoff = Backoff::DEFAULT;
+    let mut client = match &connect {
+        Connect::Ready(c) => Some((**c).clone()),
+        Connect::Endpoints { .. } => None,
+    };
+    let mut last_error: Option<String> = None;
+    let mut attempt = 0;
+    loop {
+        let result = timeout_at(deadline, async {
+            let mut c = match (&client, &connect) {
+                (Some(c), _) => c.clone(),
+                (None, Connect::Endpoints { endpoints, options }) => {
+                    Client::connect(endpoints, options.clone())
+                        .await
+                        .map_err(|e| (true, e))?
+                }
+                (None, Connect::Ready(c)) => (**c).clone(),
+            };
+            client = Some(c.clone());
+            establish(&mut c, &config.key, &value, config.ttl_secs)
+                .await
+                .map(|s| (c, s))
+                .map_err(|e| (false, e))
+        })
+        .await;
+        match result {
+            Ok(Ok((client, session))) => {
+                info!(
+                    key = %config.key,
+                    lease = session.lease,
+                    ttl_s = config.ttl_secs,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "registered"
+                );
+                return Ok(spawn(config, client, value, session));
+            }
+            Ok(Err((connecting, e))) if !is_transient(&e) => {
+                return Err(if connecting {
+                    Error::invalid(format!("{doing}: invalid endpoint: {}", describe(&e)))
+                } else {
+                    Error::etcd(&doing, &e)
+                });
+            }
+            Ok(Err((_, e))) => {
+                debug!(key = %config.key, error = %describe(&e), attempt, "registration attempt failed");
+                last_error = Some(describe(&e));
+            }
+            Err(_) => break,
+        }
+        let wake = Instant::now() + backoff.delay(attempt);
+        attempt += 1;
+        if wake >= deadline {
+            // No time for another attempt: report at the deadline, as promised.
+            sleep_until(deadline).await;
+            break;
+        }
+        sleep_until(wake).await;
+    }
+    let cause = last_error.unwrap_or_else(|| "no answer".to_owned());
+    Err(Error::new(
+        ErrorKind::Unavailable,
+        format!(
+            "{doing} within {:?} (connect timeout): {cause}",
+            config.connect_timeout
+        ),
+    ))
+}
+
+fn spawn(config: Config, client: Client, value: Vec<u8>, session: Session) -> Registered {
+    let (state_tx, state_rx) = watch::channel(State::Registered);
+    let (commands_tx, commands_rx) = mpsc::channel(8);
+    let key = config.key.clone();
+    let task = Task {
+        client,
+        key: config.key,
+        address: config.address,
+        metadata: config.metadata,
+        value,
+        ttl: Duration::from_secs(config.ttl_secs.unsigned_abs()),
+        ttl_secs: config.ttl_secs,
+        interval: config.keepalive_interval,
+        request_timeout: config.request_timeout,
+        state: state_tx,
+        commands: commands_rx,
+        backoff: Backoff::DEFAULT,
+        flaps: 0,
+        stale_lease: None,
+    };
+    tokio::spawn(task.run(session));
+    Registered::new(key, commands_tx, state_rx)
+}
+
+/// One lease with the key put under it, its keepalive and a watch of the key.
+struct Session {
+    lease: i64,
+    /// Revision of our last write of the key; older events are ignored.
+    revision: i64,
+    keeper: LeaseKeeper,
+    keepalive: LeaseKeepAliveStream,
+    watch: WatchStream,
+    last_ack: Instant,
+    since: Instant,
+    last_restore: Option<Instant>,
+}
+
+/// Grants a lease, puts the key with it, opens its keepalive stream and a
+/// watch of the key starting right after our put.
+async fn establish(
+    client: &mut Client,
+    key: &str,
+    value: &[u8],
+    ttl_secs: i64,
+) -> Result<Session, etcd_client::Error> {
+    let lease = client.lease_grant(ttl_secs, None).await?.id();
+    let rest = async {
+        let put = client
+            .put(key, value, Some(PutOptions::new().with_lease(lease)))
+            .await?;
+        let revision = put.header().map_or(0, |h| h.revision());
+        let (keeper, keepalive) = client.lease_keep_alive(lease).await?;
+        let watch = client
+            .watch(
+                key,
+                Some(WatchOptions::new().with_start_revision(revision + 1)),
+            )
+            .await?;
+        let now = Instant::now();
+        Ok(Session {
+            lease,
+            revision,
+            keeper,
+            keepalive,
+            watch,
+            last_ack: now,
+            since: now,
+            last_restore: None,
+        })
+    };
+    match rest.await {
+        Ok(s) => Ok(s),
+        Err(e) => {
+            // Best effort: do not leave a key behind that nobody keeps alive
+            // (it would expire anyway, after the TTL).
+            let _ = timeout(Duration::from_millis(500), client.lease_revoke(lease)).await;
+            Err(e)
+        }
+    }
+}
+
+/// Why a session ended.
+enum End {
+    /// Re-register: the lease, the key or a stream is gone.
+    Lost(String),
+    /// Deregistered or dropped: the task ends.
+    Stop,
+}
+
+enum Event {
+    Command(Option<Command>),
+    Tick,
+    KeepAlive(Result<Option<LeaseKeepAliveResponse>, etcd_client::Error>),
+    Watch(Result<Option<WatchResponse>, etcd_client::Error>),
+    Silent,
+}
+
+struct Task {
+    client: Client,
+    key: String,
+    address: String,
+    metadata: Value,
+    /// `metadata` encoded with the address, what we put.
+    value: Vec<u8>,
+    ttl: Duration,
+    ttl_secs: i64,
+    interval: Duration,
+    request_timeout: Duration,
+    state: watch::Sender<State>,
+    commands: mpsc::Receiver<Command>,
+    backoff: Backoff,
+    /// Sessions in a row that were lost within [`STABLE`].
+    flaps: u32,
+    /// The lease of the last lost session, revoked once re-registered.
+    stale_lease: Option<i64>,
+}
+
+impl Task {
+    async fn run(mut self, first: Session) {
+        let mut session = first;
+        loop {
+            let reason = match self.live(&mut session).await {
+                End::Stop => return,
+                End::Lost(reason) => reason,
+            };
+            self.flaps = if session.since.elapsed() < STABLE {
+                self.flaps.saturating_add(1)
+            } else {
+                0
+            };
+            self.stale_lease = Some(session.lease);
+            // Close the old streams before opening new ones.
+            drop(session);
+            session = match self.reconnect(&reason).await {
+                Some(s) => s,
+                None => return,
+            };
+        }
+    }
+
+    fn set_state(&self, state: State) {
+        let changed = self.state.send_if_modified(|s| {
+            let changed = *s != state;
+            *s = state;
+            changed
+        });
+        if changed {
+            match state {
+                State::Registered => info!(key = %self.key, state = ?state, "registration state"),
+                State::Reconnecting => warn!(key = %self.key, state = ?state, "registration state"),
+                State::Stopped => info!(key = %self.key, state = ?state, "registration state"),
+            }
+        }
+    }
+
+    fn set_metadata(&mut self, metadata: Value) {
+        self.value = endpoint::encode(&self.address, &metadata);
+        self.metadata = metadata;
+    }
+
+    /// Keeps `s` alive until it is lost or the registration stops.
+    async fn live(&mut self, s: &mut Session) -> End {
+        let mut ticker = interval_at(Instant::now() + self.interval, self.interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            let event = tokio::select! {
+                cmd = self.commands.recv() => Event::Command(cmd),
+                _ = ticker.tick() => Event::Tick,
+                r = s.keepalive.message() => Event::KeepAlive(r),
+                r = s.watch.message() => Event::Watch(r),
+                _ = sleep_until(s.last_ack + self.ttl) => Event::Silent,
+            };
+            match event {
+                Event::Command(None) => {
+                    self.dropped();
+                    return End::Stop;
+                }
+                Event::Command(Some(Command::Deregister(reply))) => {
+                    let result = self.remove(Some(s.lease)).await;
+                    self.stopped(&result);
+                    let _ = reply.send(result);
+                    return End::Stop;
+                }
+                Event::Command(Some(Command::UpdateMetadata(metadata, reply))) => {
+                    let (result, end) = self.update(s, metadata).await;
+                    let _ = reply.send(result);
+                    if let Some(end) = end {
+                        return end;
+                    }
+                }
+                Event::Tick => {
+                    if let Err(e) = s.keeper.keep_alive().await {
+                        return End::Lost(format!("keepalive request failed: {}", describe(&e)));
+                    }
+                }
+                Event::KeepAlive(Ok(Some(r))) => {
+                    if r.ttl() <= 0 {
+                        return End::Lost(format!("lease {} expired or was revoked", s.lease));
+                    }
+                    s.last_ack = Instant::now();
+                }
+                Event::KeepAlive(Ok(None)) => {
+                    return End::Lost("etcd closed the keepalive stream".to_owned());
+                }
+                Event::KeepAlive(Err(e)) => {
+                    return End::Lost(format!("keepalive stream failed: {}", describe(&e)));
+                }
+                Event::Watch(Ok(Some(r))) => {
+                    if let Some(end) = self.on_watch(s, &r).await {
+                        return end;
+                    }
+                }
+                Event::Watch(Ok(None)) => {
+                    return End::Lost("etcd closed the watch stream".to_owned());
+                }
+                Event::Watch(Err(e)) => {
+                    return End::Lost(format!("watch stream failed: {}", describe(&e)));
+                }
+                Event::Silent => {
+                    return End::Lost(format!("no keepalive answer for {:?} (the TTL)", self.ttl));
+                }
+            }
+        }
+    }
+
+    async fn on_watch(&mut self, s: &mut Session, r: &WatchResponse) -> Option<End> {
+        if r.canceled() {
+            return Some(End::Lost(format!(
+                "etcd canceled the watch of the key: {}",
+                r.cancel_reason()
+            )));
+        }
+        let mut lost = None;
+        for event in r.events() {
+            let Some(kv) = event.kv() else { continue };
+            if kv.mod_revision() <= s.revision {
+                continue;
+            }
+            match event.event_type() {
+                EventType::Delete => lost = Some("deleted"),
+                EventType::Put if kv.lease() == s.lease && kv.value() == self.value => {
+                    s.revision = kv.mod_revision();
+                    lost = None;
+                }
+                EventType::Put => lost = Some("overwritten"),
+            }
+        }
+        let what = lost?;
+        warn!(key = %self.key, "key {what} by someone else; putting it back");
+        self.restore(s, what).await
+    }
+
+    /// Puts the key back with the session's lease.
+    async fn restore(&mut self, s: &mut Session, what: &str) -> Option<End> {
+        if s.last_restore.is_some_and(|t| t.elapsed() < STABLE) {
+            return Some(End::Lost(format!("key {what} again within {STABLE:?}")));
+        }
+        s.last_restore = Some(Instant::now());
+        let put = self.client.put(
+            self.key.as_str(),
+            self.value.as_slice(),
+            Some(PutOptions::new().with_lease(s.lease)),
+        );
+        match timeout(self.request_timeout, put).await {
+            Ok(Ok(r)) => {
+                s.revision = r.header().map_or(s.revision, |h| h.revision());
+                info!(key = %self.key, lease = s.lease, "key restored");
+                None
+            }
+            Ok(Err(e)) if is_lease_not_found(&e) => Some(End::Lost(format!(
+                "key {what} and lease {} is gone",
+                s.lease
+            ))),
+            Ok(Err(e)) => Some(End::Lost(format!(
+                "cannot put the {what} key back: {}",
+                describe(&e)
+            ))),
+            Err(_) => Some(End::Lost(format!(
+                "cannot put the {what} key back: no answer within {:?}",
+                self.request_timeout
+            ))),
+        }
+    }
+
+    /// Writes new metadata in one transaction that requires the key to still
+    /// carry our lease; if it does not, the key is put back with the new value.
+    async fn update(
+        &mut self,
+        s: &mut Session,
+        metadata: Value,
+    ) -> (Result<(), Error>, Option<End>) {
+        self.set_metadata(metadata);
+        let doing = format!("cannot update the metadata of {}", self.key);
+        let txn = Txn::new()
+            .when([Compare::lease(self.key.as_str(), CompareOp::Equal, s.lease)])
+            .and_then([TxnOp::put(
+                self.key.as_str(),
+                self.value.as_slice(),
+                Some(PutOptions::new().with_lease(s.lease)),
+            )]);
+        match timeout(self.request_timeout, self.client.txn(txn)).await {
+            Ok(Ok(r)) if r.succeeded() => {
+                s.revision = r.header().map_or(s.revision, |h| h.revision());
+                info!(key = %self.key, metadata = %self.metadata, "metadata updated");
+                (Ok(()), None)
+            }
+            Ok(Ok(_)) => match self.restore(s, "missing").await {
+                None => (Ok(()), None),
+                Some(end) => (
+                    Err(Error::new(
+                        ErrorKind::Unavailable,
+                        format!(
+                            "{doing}: the key was gone; the new metadata will be written when \
+                             the registration is restored"
+                        ),
+                    )),
+                    Some(end),
+                ),
+            },
+            Ok(Err(e)) => (Err(Error::etcd(&doing, &e)), None),
+            Err(_) => (Err(Error::timeout(&doing, self.request_timeout)), None),
+        }
+    }
+
+    /// Re-grants and re-puts with backoff until it works or the registration
+    /// stops (then `None`).
+    async fn reconnect(&mut self, reason: &str) -> Option<Session> {
+        warn!(key = %self.key, reason, "registration lost; re-registering");
+        self.set_state(State::Reconnecting);
+        let lost_at = Instant::now();
+        let mut next: Option<u32> = self.flaps.checked_sub(1);
+        let mut attempts = 0u32;
+        loop {
+            let delay = next.map_or(Duration::ZERO, |n| self.backoff.delay(n));
+            let wake = Instant::now() + delay;
+            loop {
+                tokio::select! {
+                    cmd = self.commands.recv() => match cmd {
+                        None => {
+                            self.dropped();
+                            return None;
+                        }
+                        Some(Command::Deregister(reply)) => {
+                            let result = self.remove(self.stale_lease).await;
+                            self.stopped(&result);
+                            let _ = reply.send(result);
+                            return None;
+                        }
+                        Some(Command::UpdateMetadata(metadata, reply)) => {
+                            self.set_metadata(metadata);
+                            let _ = reply.send(Err(Error::new(
+                                ErrorKind::Unavailable,
+                                format!(
+                                    "cannot update the metadata of {} now: the registration is \
+                                     being restored; the new metadata will be written then",
+                                    self.key
+                                ),
+                            )));
+                        }
+                    },
+                    _ = sleep_until(wake) => break,
+                }
+            }
+            attempts += 1;
+            let attempt = establish(&mut self.client, &self.key, &self.value, self.ttl_secs);
+            let error = match timeout(self.request_timeout, attempt).await {
+                Ok(Ok(session)) => {
+                    info!(
+                        key = %self.key,
+                        lease = session.lease,
+                        attempts,
+                        elapsed_ms = lost_at.elapsed().as_millis() as u64,
+                        "re-registered"
+                    );
+                    if let Some(old) = self.stale_lease.take()
+                        && old != session.lease
+                    {
+                        // The key moved to the new lease; the old one (kept by
+                        // an etcd restart) would otherwise linger for a TTL.
+                        let _ = timeout(self.request_timeout, self.client.lease_revoke(old)).await;
+                    }
+                    self.set_state(State::Registered);
+                    return Some(session);
+                }
+                Ok(Err(e)) => describe(&e),
+                Err(_) => format!("no answer within {:?}", self.request_timeout),
+            };
+            let n = next.map_or(0, |n| n.saturating_add(1));
+            next = Some(n);
+            if self.backoff.nominal(n) >= self.backoff.max {
+                warn!(key = %self.key, error = %error, attempts, "re-registration attempt failed; retrying");
+            } else {
+                debug!(key = %self.key, error = %error, attempts, "re-registration attempt failed; retrying");
+            }
+        }
+    }
+
+    /// Deletes the key if it carries `lease`, then revokes `lease`.
+    async fn remove(&mut self, lease: Option<i64>) -> Result<(), Error> {
+        let Some(lease) = lease else { return Ok(()) };
+        let doing = format!("cannot deregister {}", self.key);
+        let client = &mut self.client;
+        let key = self.key.as_str();
+        let work = async {
+            let txn = Txn::new()
+                .when([Compare::lease(key, CompareOp::Equal, lease)])
+                .and_then([TxnOp::delete(key, None)]);
+            client.txn(txn).await.map_err(|e| Error::etcd(&doing, &e))?;
+            match client.lease_revoke(lease).await {
+                Ok(_) => Ok(()),
+                Err(e) if is_lease_not_found(&e) => Ok(()),
+                Err(e) => Err(Error::etcd(&doing, &e)),
+            }
+        };
+        match timeout(self.request_timeout, work).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::timeout(&doing, self.request_timeout)),
+        }
+    }
+
+    fn stopped(&self, result: &Result<(), Error>) {
+        match result {
+            Ok(()) => info!(key = %self.key, "deregistered: key deleted, lease revoked"),
+            Err(e) => {
+                warn!(key = %self.key, error = %e, "deregistration incomplete; the key expires with its lease")
+            }
+        }
+        self.set_state(State::Stopped);
+    }
+
+    fn dropped(&self) {
+        warn!(
+            key = %self.key,
+            ttl = ?self.ttl,
+            "Registered dropped without deregister(): keepalive stopped, the key expires with its lease"
+        );
+        self.set_state(State::Stopped);
+    }
+}
