@@ -156,6 +156,11 @@ impl Resolution {
     pub fn snapshot(&self) -> HashMap<String, Entry> {
         self.shared.lock().current.clone()
     }
+
+    #[cfg(test)]
+    pub(crate) fn shared(&self) -> std::sync::Weak<Shared> {
+        Arc::downgrade(&self.shared)
+    }
 }
 
 impl Stream for Resolution {

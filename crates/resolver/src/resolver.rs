@@ -165,9 +165,7 @@ impl Resolver {
                         ),
                         None => info!(
                             took_ms = started.elapsed().as_millis() as u64,
-                            endpoints,
-                            revision,
-                            "resolver listed the prefix and is watching it"
+                            endpoints, revision, "resolver listed the prefix and is watching it"
                         ),
                     }
                     failures = 0;
@@ -209,7 +207,10 @@ impl Resolver {
             .with_prev_key();
         let key = self.key_prefix.clone();
         let mut watch = self
-            .timed("creating the watch", self.client.clone().watch(key, Some(options)))
+            .timed(
+                "creating the watch",
+                self.client.clone().watch(key, Some(options)),
+            )
             .await?;
         let created = self.timed("creating the watch", watch.message()).await?;
         match created {

@@ -211,7 +211,9 @@ mod tests {
     #[test]
     fn number_and_bool_metadata_give_their_text_as_instance_id() {
         assert_eq!(
-            entry(r#"{"Addr":"a:1","Metadata":7}"#).endpoint().instance_id(),
+            entry(r#"{"Addr":"a:1","Metadata":7}"#)
+                .endpoint()
+                .instance_id(),
             Some("7")
         );
         assert_eq!(
