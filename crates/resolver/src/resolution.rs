@@ -236,6 +236,12 @@ mod tests {
         Change::Insert(key.into(), entry(addr, id).endpoint().clone())
     }
 
+    #[test]
+    fn resolution_is_an_unpin_send_stream() {
+        fn assert_stream<T: Stream<Item = Change> + Unpin + Send + 'static>() {}
+        assert_stream::<Resolution>();
+    }
+
     #[tokio::test]
     async fn reset_emits_only_the_differences() {
         let (shared, mut r) = resolution();

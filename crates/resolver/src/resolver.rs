@@ -304,7 +304,7 @@ impl Resolver {
                 warn!(
                     key,
                     %error,
-                    value = %shorten(&String::from_utf8_lossy(kv.value())),
+                    value = ?shorten(&String::from_utf8_lossy(kv.value())),
                     revision = kv.mod_revision(),
                     "ignoring a malformed endpoint value"
                 );

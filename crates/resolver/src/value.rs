@@ -6,7 +6,7 @@
 //! case-insensitively, exact spelling first, as Go's `encoding/json` does, so
 //! whatever a Go reader accepts we accept too.
 
-use std::{collections::BTreeMap, fmt, sync::Arc};
+use std::{collections::BTreeMap, sync::Arc};
 
 use discover::Endpoint;
 use serde_json::value::RawValue;
@@ -42,7 +42,8 @@ pub enum Decoded {
 }
 
 /// A value that is not an endpoint registration; the reason says why.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("malformed endpoint value: {reason}")]
 pub struct DecodeError {
     reason: String,
 }
@@ -59,14 +60,6 @@ impl DecodeError {
         &self.reason
     }
 }
-
-impl fmt::Display for DecodeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "malformed endpoint value: {}", self.reason)
-    }
-}
-
-impl std::error::Error for DecodeError {}
 
 /// Decodes one etcd value of the discovery prefix.
 ///
