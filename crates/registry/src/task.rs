@@ -243,12 +243,14 @@ struct Task {
 impl Task {
     async fn run(mut self, first: Session) {
         let mut session = first;
+        let mut restored = false;
         loop {
             let reason = match self.live(&mut session).await {
                 End::Stop => return,
                 End::Lost(reason) => reason,
             };
-            self.flaps = if session.since.elapsed() < STABLE {
+            // Only a re-registration that did not hold counts as a flap.
+            self.flaps = if restored && session.since.elapsed() < STABLE {
                 self.flaps.saturating_add(1)
             } else {
                 0
@@ -260,6 +262,7 @@ impl Task {
                 Some(s) => s,
                 None => return,
             };
+            restored = true;
         }
     }
 

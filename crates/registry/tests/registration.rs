@@ -288,12 +288,14 @@ async fn register_fails_with_a_clear_error_after_the_connect_timeout_when_etcd_i
     let elapsed = started.elapsed();
     assert_eq!(err.kind(), ErrorKind::Unavailable);
     let msg = err.to_string();
+    eprintln!("register() with etcd down: after {elapsed:?}: {msg}");
     assert!(
         msg.starts_with(&format!(
             "cannot register discovery/dev/game/127.0.0.1:1008 in etcd at {endpoint} within 800ms (connect timeout): "
         )),
         "{msg}"
     );
+    assert!(msg.contains("Connection refused"), "{msg}");
     assert!(
         elapsed >= Duration::from_millis(700),
         "gave up early: {elapsed:?}"
