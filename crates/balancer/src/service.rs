@@ -313,6 +313,7 @@ impl Shared {
         loop {
             let endpoint = self.pick(sticky.as_ref(), deadline).await?;
             endpoint.shared.picks.fetch_add(1, Ordering::Relaxed);
+            set_origin(&mut request, &endpoint.shared.authority)?;
             let mut sender = endpoint.sender;
             match sender.try_send_request(request).await {
                 Ok(response) => return Ok(response),
@@ -481,9 +482,16 @@ impl Shared {
             .cloned()
     }
 
-    fn describe(&self, waiting: Waiting, sticky: Option<&Sticky>, waited: Option<Duration>) -> String {
+    fn describe(
+        &self,
+        waiting: Waiting,
+        sticky: Option<&Sticky>,
+        waited: Option<Duration>,
+    ) -> String {
         let snapshot = self.snapshot.load();
-        let after = waited.map(|d| format!(" after {d:.1?}")).unwrap_or_default();
+        let after = waited
+            .map(|d| format!(" after {d:.1?}"))
+            .unwrap_or_default();
         let name = &self.config.name;
         match (waiting, sticky) {
             (Waiting::StickyConnecting, Some(sticky)) => format!(
@@ -499,6 +507,22 @@ impl Shared {
             ),
         }
     }
+}
+
+/// tonic's generated clients send path-only URIs; HTTP/2 needs `:scheme` and
+/// `:authority` as well.
+fn set_origin(
+    request: &mut http::Request<Body>,
+    authority: &http::uri::Authority,
+) -> Result<(), BoxError> {
+    let mut parts = std::mem::take(request.uri_mut()).into_parts();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(authority.clone());
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    *request.uri_mut() = http::Uri::from_parts(parts)?;
+    Ok(())
 }
 
 fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
@@ -547,9 +571,15 @@ mod tests {
     #[test]
     fn grpc_timeout_units_parse() {
         assert_eq!(grpc_timeout(&headers("5S")), Some(Duration::from_secs(5)));
-        assert_eq!(grpc_timeout(&headers("100m")), Some(Duration::from_millis(100)));
+        assert_eq!(
+            grpc_timeout(&headers("100m")),
+            Some(Duration::from_millis(100))
+        );
         assert_eq!(grpc_timeout(&headers("2M")), Some(Duration::from_secs(120)));
-        assert_eq!(grpc_timeout(&headers("1H")), Some(Duration::from_secs(3600)));
+        assert_eq!(
+            grpc_timeout(&headers("1H")),
+            Some(Duration::from_secs(3600))
+        );
         assert_eq!(grpc_timeout(&headers("7u")), Some(Duration::from_micros(7)));
         assert_eq!(grpc_timeout(&headers("9n")), Some(Duration::from_nanos(9)));
     }

@@ -177,6 +177,14 @@ impl Owner {
         {
             return;
         }
+        let shared = match EndpointShared::new(key.clone(), endpoint.clone()) {
+            Ok(shared) => shared,
+            Err(e) => {
+                tracing::warn!(key = %key, endpoint = %endpoint, error = %e, "endpoint address is not a valid authority; ignored");
+                self.remove(&key);
+                return;
+            }
+        };
         tracing::info!(
             balancer = %self.shared.config.name,
             key = %key,
@@ -188,13 +196,13 @@ impl Owner {
         let task = tokio::spawn(connection::run(
             key.clone(),
             generation,
-            endpoint.clone(),
+            endpoint,
             self.shared.config.endpoint.clone(),
             self.events_tx.clone(),
         ));
         let managed = Managed {
             generation,
-            shared: EndpointShared::new(key.clone(), endpoint),
+            shared,
             state: ConnectivityState::Idle,
             sender: None,
             task,

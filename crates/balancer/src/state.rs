@@ -74,20 +74,24 @@ pub struct Stats {
 pub(crate) struct EndpointShared {
     pub(crate) key: String,
     pub(crate) endpoint: Endpoint,
+    /// `host:port` as the `:authority` of every request sent to it.
+    pub(crate) authority: http::uri::Authority,
     state: AtomicU8,
     pub(crate) picks: AtomicU64,
     pub(crate) failures: AtomicU64,
 }
 
 impl EndpointShared {
-    pub(crate) fn new(key: String, endpoint: Endpoint) -> Arc<Self> {
-        Arc::new(Self {
+    pub(crate) fn new(key: String, endpoint: Endpoint) -> Result<Arc<Self>, http::uri::InvalidUri> {
+        let authority = endpoint.addr().parse()?;
+        Ok(Arc::new(Self {
             key,
             endpoint,
+            authority,
             state: AtomicU8::new(ConnectivityState::Idle.to_u8()),
             picks: AtomicU64::new(0),
             failures: AtomicU64::new(0),
-        })
+        }))
     }
 
     pub(crate) fn state(&self) -> ConnectivityState {

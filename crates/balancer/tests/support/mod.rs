@@ -1,0 +1,175 @@
+//! In-process echo servers on 127.0.0.1 for the balancer's tests. Each runs
+//! on its own runtime, so "killing" one (dropping that runtime) closes its
+//! listener and every connection at once, as a crashed process would.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::{
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use balancer::{Change, Endpoint};
+use echo_proto::{
+    EchoRequest, EchoResponse,
+    echo_server::{Echo, EchoServer},
+};
+use futures::{Stream, StreamExt as _};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
+use tonic::{Request, Response, Status, Streaming};
+
+struct EchoService {
+    id: String,
+}
+
+type ReplyStream = Pin<Box<dyn Stream<Item = Result<EchoResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Echo for EchoService {
+    async fn unary_echo(
+        &self,
+        req: Request<EchoRequest>,
+    ) -> Result<Response<EchoResponse>, Status> {
+        let message = format!("{} (from {})", req.into_inner().message, self.id);
+        Ok(Response::new(EchoResponse { message }))
+    }
+
+    type ServerStreamingEchoStream = ReplyStream;
+
+    async fn server_streaming_echo(
+        &self,
+        _: Request<EchoRequest>,
+    ) -> Result<Response<Self::ServerStreamingEchoStream>, Status> {
+        Err(Status::unimplemented("not in tests"))
+    }
+
+    async fn client_streaming_echo(
+        &self,
+        _: Request<Streaming<EchoRequest>>,
+    ) -> Result<Response<EchoResponse>, Status> {
+        Err(Status::unimplemented("not in tests"))
+    }
+
+    type BidirectionalStreamingEchoStream = ReplyStream;
+
+    async fn bidirectional_streaming_echo(
+        &self,
+        _: Request<Streaming<EchoRequest>>,
+    ) -> Result<Response<Self::BidirectionalStreamingEchoStream>, Status> {
+        Err(Status::unimplemented("not in tests"))
+    }
+}
+
+/// An echo server answering `<message> (from <id>)`.
+pub struct TestServer {
+    pub id: String,
+    pub addr: SocketAddr,
+    /// TCP connections accepted so far.
+    pub connections: Arc<AtomicU64>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl TestServer {
+    /// Serves on a fresh loopback port.
+    pub fn start(id: &str) -> Self {
+        Self::start_on("127.0.0.1:0".parse().expect("addr"), id)
+    }
+
+    /// Serves on `addr` (e.g. the port of a killed server).
+    pub fn start_on(addr: SocketAddr, id: &str) -> Self {
+        let listener = std::net::TcpListener::bind(addr).expect("bind");
+        Self::serve(listener, id)
+    }
+
+    /// Binds now (the kernel accepts TCP connections into the backlog) but
+    /// serves only when `serve` is called: until then a client's connection
+    /// is open but the server never speaks, so it stays CONNECTING.
+    pub fn bind_deferred() -> (SocketAddr, std::net::TcpListener) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        (listener.local_addr().expect("addr"), listener)
+    }
+
+    /// Serves on an already bound listener.
+    pub fn serve(listener: std::net::TcpListener, id: &str) -> Self {
+        let addr = listener.local_addr().expect("addr");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let connections = Arc::new(AtomicU64::new(0));
+        let counter = connections.clone();
+        let service = EchoServer::new(EchoService { id: id.to_string() });
+        runtime.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            let incoming = TcpListenerStream::new(listener).inspect(move |_| {
+                counter.fetch_add(1, Ordering::Relaxed);
+            });
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(incoming)
+                .await;
+        });
+        Self {
+            id: id.to_string(),
+            addr,
+            connections,
+            runtime: Some(runtime),
+        }
+    }
+
+    /// Closes the listener and every connection at once.
+    pub fn kill(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+
+    /// An endpoint for this server, carrying its id as instance id.
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint::new(&self.addr.to_string())
+            .expect("endpoint")
+            .with_instance_id(self.id.as_str())
+    }
+
+    /// `Insert` under the server's id as key.
+    pub fn insert(&self) -> Change {
+        Change::Insert(self.id.clone(), self.endpoint())
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A hand-driven discovery stream.
+pub fn discovery() -> (
+    mpsc::UnboundedSender<Change>,
+    UnboundedReceiverStream<Change>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (tx, UnboundedReceiverStream::new(rx))
+}
+
+/// The id in a reply `hi (from 2)`.
+pub fn from(reply: &str) -> String {
+    reply
+        .rsplit_once("(from ")
+        .and_then(|(_, rest)| rest.strip_suffix(')'))
+        .unwrap_or("?")
+        .to_string()
+}
+
+pub fn hi() -> EchoRequest {
+    EchoRequest {
+        message: "hi".into(),
+    }
+}
