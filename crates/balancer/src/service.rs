@@ -13,7 +13,7 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use discover::Change;
+use discover::{Change, Endpoint};
 use futures::Stream;
 use http::HeaderMap;
 use hyper::body::Incoming;
@@ -228,14 +228,14 @@ impl Balancer {
         .await;
     }
 
-    /// Picks an endpoint the way a request would, without sending anything:
-    /// its address, or `None` when no endpoint is READY. For benchmarks and
-    /// diagnostics.
-    pub fn pick(&self, sticky: Option<&Sticky>) -> Option<String> {
+    /// Picks an endpoint the way a request would (advancing the round
+    /// robin), without sending anything; `None` when no endpoint is READY.
+    /// For benchmarks and diagnostics.
+    pub fn pick(&self, sticky: Option<&Sticky>) -> Option<Endpoint> {
         let shared = &self.handle.shared;
         let snapshot = shared.snapshot.load();
         match shared.try_pick(&snapshot, sticky, true) {
-            Picked::Ready(ep) => Some(ep.shared.endpoint.addr().to_string()),
+            Picked::Ready(ep) => Some(ep.shared.endpoint.clone()),
             _ => None,
         }
     }
