@@ -14,6 +14,7 @@ use std::{
     time::Duration,
 };
 
+use crate::{EndpointConfig, backoff::Backoff, replay::SendBody, state::ConnectivityState};
 use discover::Endpoint;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -23,12 +24,9 @@ use tokio::{
     sync::{mpsc, oneshot},
     time::Instant,
 };
-use tonic::body::Body;
-
-use crate::{EndpointConfig, backoff::Backoff, state::ConnectivityState};
 
 /// A ready connection's request handle.
-pub(crate) type Sender = http2::SendRequest<Body>;
+pub(crate) type Sender = http2::SendRequest<SendBody>;
 
 /// What an endpoint's connection task tells the owner task.
 pub(crate) struct StateEvent {
@@ -148,7 +146,7 @@ async fn connect(
             builder.initial_connection_window_size(size);
         }
         let (sender, connection) = builder
-            .handshake::<_, Body>(io)
+            .handshake::<_, SendBody>(io)
             .await
             .map_err(ConnectError::Handshake)?;
         let (closed_tx, closed_rx) = oneshot::channel();

@@ -40,6 +40,7 @@
 mod backoff;
 mod config;
 mod connection;
+mod replay;
 mod service;
 mod set;
 mod state;

@@ -26,6 +26,7 @@ use tonic::{Status, body::Body};
 use crate::{
     BackoffConfig, EndpointConfig, Fallback, Sticky,
     config::Config,
+    replay::{self, Prepared, SendBody},
     set::{Owner, ReadyEndpoint, Slot, Snapshot},
     state::{EndpointStatus, Stats},
 };
@@ -305,46 +306,56 @@ pub(crate) enum Waiting {
 impl Shared {
     async fn dispatch(
         &self,
-        mut request: http::Request<Body>,
+        request: http::Request<Body>,
     ) -> Result<http::Response<Incoming>, BoxError> {
         let sticky = request.extensions().get::<Sticky>().cloned();
         let deadline = grpc_timeout(request.headers());
+        let (head, body) = request.into_parts();
+        let mut body = Prepared::new(body)?;
         let mut retries = 0;
         loop {
             let endpoint = self.pick(sticky.as_ref(), deadline).await?;
+            let Some(attempt) = body.attempt() else {
+                return Err(Status::internal("request body lost between attempts").into());
+            };
             endpoint.shared.picks.fetch_add(1, Ordering::Relaxed);
+            let mut request = http::Request::from_parts(head.clone(), attempt);
             set_origin(&mut request, &endpoint.shared.authority)?;
             let mut sender = endpoint.sender;
-            match sender.try_send_request(request).await {
+            let mut error = match sender.try_send_request(request).await {
                 Ok(response) => return Ok(response),
-                Err(mut error) => {
-                    endpoint.shared.failures.fetch_add(1, Ordering::Relaxed);
-                    let addr = endpoint.shared.endpoint.addr();
-                    match error.take_message() {
-                        // Never written to the connection: safe on another.
-                        Some(unsent) if retries < self.config.max_retries => {
-                            retries += 1;
-                            self.retries.fetch_add(1, Ordering::Relaxed);
-                            tracing::debug!(
-                                endpoint = %addr,
-                                error = %error.error(),
-                                "request was not sent; retrying on another endpoint"
-                            );
-                            request = unsent;
-                        }
-                        Some(_) => {
-                            return Err(Status::unavailable(format!(
-                                "request to {} was not sent after {retries} retries: {}",
-                                self.config.name,
-                                error.error()
-                            ))
-                            .into());
-                        }
-                        // It may have reached the server: not ours to retry.
-                        None => return Err(error.into_error().into()),
-                    }
+                Err(error) => error,
+            };
+            endpoint.shared.failures.fetch_add(1, Ordering::Relaxed);
+            // Either hyper never wrote it (the request comes back whole), or
+            // the server refused it unprocessed (GOAWAY / REFUSED_STREAM) and
+            // the body is kept: both are safe to send elsewhere.
+            let retryable = match error.take_message() {
+                Some(unsent) => {
+                    body.restore(unsent.into_body());
+                    true
                 }
+                None => body.replayable() && replay::never_processed(error.error()),
+            };
+            let error = error.into_error();
+            if !retryable {
+                // It may have reached the server: not ours to retry.
+                return Err(error.into());
             }
+            if retries >= self.config.max_retries {
+                return Err(Status::unavailable(format!(
+                    "request to {} was not processed after {retries} retries: {error}",
+                    self.config.name,
+                ))
+                .into());
+            }
+            retries += 1;
+            self.retries.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                endpoint = %endpoint.shared.endpoint,
+                error = %error,
+                "request was not processed; retrying on another endpoint"
+            );
         }
     }
 
@@ -512,7 +523,7 @@ impl Shared {
 /// tonic's generated clients send path-only URIs; HTTP/2 needs `:scheme` and
 /// `:authority` as well.
 fn set_origin(
-    request: &mut http::Request<Body>,
+    request: &mut http::Request<SendBody>,
     authority: &http::uri::Authority,
 ) -> Result<(), BoxError> {
     let mut parts = std::mem::take(request.uri_mut()).into_parts();

@@ -366,3 +366,38 @@ async fn sticky_extension_is_visible_on_the_request() {
         Some("7")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_going_away_under_load_fails_no_request() {
+    // No discovery change at all: the GOAWAY alone must take the endpoint out
+    // of rotation, and requests that raced it must be retried, not failed.
+    let one = TestServer::start("1");
+    let mut two = TestServer::start("2");
+    let (balancer, _) = ready_balancer(&[&one, &two]).await;
+    let (progress_tx, mut progress) = tokio::sync::mpsc::unbounded_channel();
+    let mut workers = Vec::new();
+    for _ in 0..8 {
+        let mut client = EchoClient::new(balancer.clone());
+        let progress_tx = progress_tx.clone();
+        workers.push(tokio::spawn(async move {
+            let mut results = Vec::new();
+            for _ in 0..300 {
+                results.push(call(&mut client).await);
+                let _ = progress_tx.send(());
+            }
+            results
+        }));
+    }
+    for _ in 0..200 {
+        progress.recv().await.expect("progress");
+    }
+    two.shutdown_gracefully().await;
+    let mut after = Vec::new();
+    for worker in workers {
+        for result in worker.await.expect("worker") {
+            after.push(result.expect("no request fails when a server goes away"));
+        }
+    }
+    assert_eq!(after.len(), 2400);
+    assert_eq!(after.last().map(String::as_str), Some("1"));
+}

@@ -72,6 +72,8 @@ pub struct TestServer {
     /// TCP connections accepted so far.
     pub connections: Arc<AtomicU64>,
     runtime: Option<tokio::runtime::Runtime>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    stopped: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl TestServer {
@@ -106,6 +108,8 @@ impl TestServer {
         let connections = Arc::new(AtomicU64::new(0));
         let counter = connections.clone();
         let service = EchoServer::new(EchoService { id: id.to_string() });
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
         runtime.spawn(async move {
             let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
             let incoming = TcpListenerStream::new(listener).inspect(move |_| {
@@ -113,14 +117,30 @@ impl TestServer {
             });
             let _ = tonic::transport::Server::builder()
                 .add_service(service)
-                .serve_with_incoming(incoming)
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stop_rx.await;
+                })
                 .await;
+            let _ = stopped_tx.send(());
         });
         Self {
             id: id.to_string(),
             addr,
             connections,
             runtime: Some(runtime),
+            stop: Some(stop_tx),
+            stopped: Some(stopped_rx),
+        }
+    }
+
+    /// Graceful shutdown: GOAWAY to every connection, in-flight calls finish.
+    /// Resolves when the server has stopped.
+    pub async fn shutdown_gracefully(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(stopped) = self.stopped.take() {
+            let _ = stopped.await;
         }
     }
 
