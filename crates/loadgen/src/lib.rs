@@ -1,0 +1,38 @@
+//! The one load generator of `cargo xtask bench`.
+//!
+//! - [`load`]: closed-loop unary echo with C workers over (a) a direct tonic
+//!   `Channel`, (b) tonic's `balance_channel`, (c) our balancer, (d) our
+//!   balancer with every call sticky; warm-up, measured window,
+//!   hdrhistogram; also the discovery and failover probes (servers found in
+//!   etcd, per-instance first/last answer times, error timestamps).
+//! - [`serve`]: an echo host on many loopback ports in one process.
+//! - [`scale`]: fill an etcd prefix and time the resolver listing it.
+//!
+//! Every result is one JSON line on stdout, for the harness to read.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), String> {
+//! use std::time::Duration;
+//! use loadgen::load::{Config, Mode, Servers, run};
+//!
+//! let result = run(Config {
+//!     mode: Mode::Balancer,
+//!     servers: Servers::List(vec![("1".into(), "127.0.0.1:50051".into())]),
+//!     concurrency: 32,
+//!     warmup: Duration::from_secs(2),
+//!     duration: Duration::from_secs(10),
+//!     interval: Duration::ZERO,
+//!     timeout: Duration::from_secs(5),
+//!     sticky_id: None,
+//!     wait_ready: None,
+//!     events: false,
+//! })
+//! .await?;
+//! println!("{result}");
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod load;
+pub mod scale;
+pub mod serve;
