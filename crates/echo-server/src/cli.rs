@@ -1,0 +1,257 @@
+//! The command line of the `echo-server` binary, as a library item so that
+//! its parsing (and its error messages) can be tested and reused.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::Parser;
+
+use crate::Config;
+
+/// Smallest accepted `--ttl` (etcd leases are whole seconds; the registry
+/// wants at least 2 s so that a keepalive fits in).
+pub const MIN_TTL: Duration = registry::MIN_TTL;
+
+/// `echo-server --id <ID> [--env dev] [--service game] [--etcd URL]...
+/// [--addr 127.0.0.1:0] [--ttl 60s] [--drain 1s] [--shutdown-timeout 10s]`
+///
+/// ```
+/// use clap::Parser;
+/// use echo_server::cli::Args;
+///
+/// let args = Args::try_parse_from(["echo-server", "--id", "1", "--ttl", "10s"]).unwrap();
+/// let config = args.into_config();
+/// assert_eq!(config.prefix(), "discovery/dev/game");
+/// assert_eq!(config.ttl, std::time::Duration::from_secs(10));
+///
+/// let err = Args::try_parse_from(["echo-server", "--id", "1", "--ttl", "0"]).unwrap_err();
+/// assert_eq!(err.exit_code(), 2);
+/// ```
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "echo-server",
+    about = "Serves grpc.examples.echo.Echo, registers itself in etcd under \
+             discovery/<env>/<service>/<addr>, drains on SIGINT/SIGTERM.",
+    version
+)]
+pub struct Args {
+    /// Instance id: named in every reply ("hi (from <ID>)") and registered as
+    /// the endpoint metadata, for sticky clients.
+    #[arg(long, value_parser = non_empty)]
+    pub id: String,
+    /// Environment: the key prefix is discovery/<ENV>/<SERVICE>.
+    #[arg(long, default_value = "dev", value_parser = key_segment)]
+    pub env: String,
+    /// Service name: the key prefix is discovery/<ENV>/<SERVICE>.
+    #[arg(long, default_value = "game", value_parser = key_segment)]
+    pub service: String,
+    /// etcd client URL; repeat for several (or a comma list).
+    #[arg(
+        long = "etcd",
+        value_name = "URL",
+        env = "ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = crate::DEFAULT_ETCD_ENDPOINT,
+        value_parser = etcd_url,
+    )]
+    pub etcd: Vec<String>,
+    /// Address to listen on (port 0: any free port); the bound address is
+    /// registered.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub addr: SocketAddr,
+    /// Lease TTL: how long the key outlives a crashed server (at least 2s).
+    #[arg(long, default_value = "60s", value_parser = ttl)]
+    pub ttl: Duration,
+    /// On SIGINT/SIGTERM: time between deregistering and stopping.
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    pub drain: Duration,
+    /// On SIGINT/SIGTERM: how long in-flight calls may take to finish.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    pub shutdown_timeout: Duration,
+}
+
+impl Args {
+    /// Parses the process arguments; on a bad flag or value prints one line
+    /// on stderr and exits with code 2 (`--help` and `--version` print and
+    /// exit 0).
+    pub fn parse_or_exit() -> Self {
+        Self::try_parse().unwrap_or_else(|e| exit_on_usage_error(&e))
+    }
+
+    /// The [`Config`] these arguments describe.
+    pub fn into_config(self) -> Config {
+        Config {
+            id: self.id,
+            env: self.env,
+            service: self.service,
+            etcd: self.etcd,
+            addr: self.addr,
+            ttl: self.ttl,
+            drain: self.drain,
+            shutdown_timeout: self.shutdown_timeout,
+            ..Config::new("")
+        }
+    }
+}
+
+/// Prints a clap error as one line on stderr (help and version as they are)
+/// and exits with its code: 2 for usage errors.
+pub fn exit_on_usage_error(e: &clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    eprintln!("{}", one_line(e));
+    std::process::exit(e.exit_code());
+}
+
+/// The first paragraph of a clap error on one line, without the usage and
+/// the "try --help" footer.
+pub fn one_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    text.lines()
+        .map(str::trim)
+        .take_while(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn non_empty(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(s.to_owned())
+    }
+}
+
+fn key_segment(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.contains('/') || s.chars().any(char::is_whitespace) {
+        Err("expected a non-empty name without '/' or spaces, such as dev or game".into())
+    } else {
+        Ok(s.to_owned())
+    }
+}
+
+/// A humantime duration: `0ms`, `200ms`, `1s`, `2m`.
+pub fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{e}: expected a duration such as 200ms, 1s or 2m"))
+}
+
+fn ttl(s: &str) -> Result<Duration, String> {
+    let ttl = duration(s)?;
+    if ttl < MIN_TTL {
+        Err(format!(
+            "the lease TTL must be at least {}",
+            humantime::format_duration(MIN_TTL)
+        ))
+    } else {
+        Ok(ttl)
+    }
+}
+
+/// An etcd client URL: `http://host:port` or `https://host:port`.
+pub fn etcd_url(s: &str) -> Result<String, String> {
+    let bad = || {
+        format!(
+            "not an etcd URL: expected one such as {}",
+            crate::DEFAULT_ETCD_ENDPOINT
+        )
+    };
+    let s = s.trim();
+    let rest = s
+        .strip_prefix("http://")
+        .or_else(|| s.strip_prefix("https://"))
+        .ok_or_else(bad)?;
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.is_empty() || authority.contains(['/', '?', '#', ' ', '@']) {
+        return Err(bad());
+    }
+    // host, host:port, [v6]:port
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, _)) if !h.ends_with(']') && h.contains(':') => (authority, None),
+        Some((h, p)) => (h, Some(p)),
+        None => (authority, None),
+    };
+    if host.is_empty() || port.is_some_and(|p| p.parse::<u16>().is_err()) {
+        return Err(bad());
+    }
+    Ok(s.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, String> {
+        Args::try_parse_from(std::iter::once("echo-server").chain(args.iter().copied()))
+            .map_err(|e| one_line(&e))
+    }
+
+    #[test]
+    fn defaults_match_the_design() {
+        let config = parse(&["--id", "1"]).unwrap().into_config();
+        assert_eq!(config, Config::new("1"));
+    }
+
+    #[test]
+    fn ttl_zero_is_rejected_in_one_line() {
+        let err = parse(&["--id", "1", "--ttl", "0"]).unwrap_err();
+        assert_eq!(
+            err,
+            "error: invalid value '0' for '--ttl <TTL>': the lease TTL must be at least 2s"
+        );
+    }
+
+    #[test]
+    fn etcd_must_be_a_url() {
+        let err = parse(&["--id", "1", "--etcd", "not-a-url"]).unwrap_err();
+        assert_eq!(
+            err,
+            "error: invalid value 'not-a-url' for '--etcd <URL>': not an etcd URL: \
+             expected one such as http://127.0.0.1:2379"
+        );
+        for ok in [
+            "http://127.0.0.1:2379",
+            "https://etcd.local",
+            "http://[::1]:2379/",
+        ] {
+            assert!(etcd_url(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "127.0.0.1:2379",
+            "http://",
+            "http://h:port",
+            "ftp://h:1",
+            "http://h:1/x",
+        ] {
+            assert!(etcd_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bad_duration_says_what_is_expected() {
+        let err = parse(&["--id", "1", "--drain", "soon"]).unwrap_err();
+        assert!(
+            err.starts_with("error: invalid value 'soon' for '--drain <DRAIN>': "),
+            "{err}"
+        );
+        assert!(
+            err.ends_with("expected a duration such as 200ms, 1s or 2m"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn missing_id_is_one_line() {
+        let err = parse(&[]).unwrap_err();
+        assert_eq!(
+            err,
+            "error: the following required arguments were not provided: --id <ID>"
+        );
+    }
+}
