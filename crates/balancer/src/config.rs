@@ -57,6 +57,8 @@ pub struct EndpointConfig {
     pub initial_stream_window_size: Option<u32>,
     /// HTTP/2 initial connection window. Default `None`: hyper's default.
     pub initial_connection_window_size: Option<u32>,
+    /// TLS for every connection. Default `None`: plaintext (h2c).
+    pub tls: Option<crate::TlsConfig>,
 }
 
 impl Default for EndpointConfig {
@@ -68,6 +70,7 @@ impl Default for EndpointConfig {
             keep_alive_timeout: Duration::from_secs(20),
             initial_stream_window_size: None,
             initial_connection_window_size: None,
+            tls: None,
         }
     }
 }

@@ -42,8 +42,10 @@ pub(crate) struct StateEvent {
 pub(crate) enum ConnectError {
     Io(io::Error),
     Handshake(hyper::Error),
+    Tls(String),
     Timeout(Duration),
     ClosedBeforeSettings,
+    ServerSpeaksTls,
 }
 
 impl fmt::Display for ConnectError {
@@ -52,6 +54,10 @@ impl fmt::Display for ConnectError {
             Self::Io(e) => write!(f, "connect: {e}"),
             Self::Handshake(e) => write!(f, "HTTP/2 handshake: {e}"),
             Self::Timeout(d) => write!(f, "no HTTP/2 SETTINGS from the server within {d:?}"),
+            Self::Tls(e) => write!(f, "TLS: {e}"),
+            Self::ServerSpeaksTls => f.write_str(
+                "the server answered with TLS; this client is configured for plaintext (set a TLS CA)",
+            ),
             Self::ClosedBeforeSettings => {
                 f.write_str("connection closed before the server sent HTTP/2 SETTINGS")
             }
@@ -113,9 +119,9 @@ pub(crate) async fn run(
     }
 }
 
-/// Opens TCP, runs the HTTP/2 handshake and waits for the server's first
-/// bytes. Returns the request handle and a receiver that fires when the
-/// connection has ended.
+/// Opens TCP (and TLS if configured), runs the HTTP/2 handshake and waits
+/// for the server's first bytes. Returns the request handle and a receiver
+/// that fires when the connection has ended.
 async fn connect(
     endpoint: &Endpoint,
     config: &EndpointConfig,
@@ -126,54 +132,84 @@ async fn connect(
             .await
             .map_err(ConnectError::Io)?;
         tcp.set_nodelay(true).map_err(ConnectError::Io)?;
-        let (spoke_tx, spoke_rx) = oneshot::channel();
-        let io = TokioIo::new(FirstRead {
-            inner: tcp,
-            spoke: Some(spoke_tx),
-        });
-        let mut builder = http2::Builder::new(TokioExecutor::new());
-        builder.timer(TokioTimer::new());
-        if let Some(interval) = config.keep_alive_interval {
-            builder
-                .keep_alive_interval(interval)
-                .keep_alive_timeout(config.keep_alive_timeout)
-                .keep_alive_while_idle(true);
-        }
-        if let Some(size) = config.initial_stream_window_size {
-            builder.initial_stream_window_size(size);
-        }
-        if let Some(size) = config.initial_connection_window_size {
-            builder.initial_connection_window_size(size);
-        }
-        let (sender, connection) = builder
-            .handshake::<_, SendBody>(io)
-            .await
-            .map_err(ConnectError::Handshake)?;
-        let (closed_tx, closed_rx) = oneshot::channel();
-        let addr = endpoint.addr().to_string();
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(endpoint = %addr, error = %e, "connection ended with an error");
+        match &config.tls {
+            None => handshake(tcp, endpoint, config).await,
+            Some(tls) => {
+                let name = tls
+                    .server_name(endpoint.addr())
+                    .map_err(|e| ConnectError::Tls(e.to_string()))?;
+                let stream = tls
+                    .connector()
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| ConnectError::Tls(e.to_string()))?;
+                handshake(stream, endpoint, config).await
             }
-            let _ = closed_tx.send(());
-        });
-        spoke_rx
-            .await
-            .map_err(|_| ConnectError::ClosedBeforeSettings)?;
-        Ok((sender, closed_rx))
+        }
     };
     tokio::time::timeout(timeout, attempt)
         .await
         .map_err(|_| ConnectError::Timeout(timeout))?
 }
 
-/// A stream that reports the first bytes it reads.
-struct FirstRead {
-    inner: TcpStream,
-    spoke: Option<oneshot::Sender<()>>,
+async fn handshake<S>(
+    stream: S,
+    endpoint: &Endpoint,
+    config: &EndpointConfig,
+) -> Result<(Sender, oneshot::Receiver<()>), ConnectError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (spoke_tx, spoke_rx) = oneshot::channel();
+    let io = TokioIo::new(FirstRead {
+        inner: stream,
+        spoke: Some(spoke_tx),
+    });
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder.timer(TokioTimer::new());
+    if let Some(interval) = config.keep_alive_interval {
+        builder
+            .keep_alive_interval(interval)
+            .keep_alive_timeout(config.keep_alive_timeout)
+            .keep_alive_while_idle(true);
+    }
+    if let Some(size) = config.initial_stream_window_size {
+        builder.initial_stream_window_size(size);
+    }
+    if let Some(size) = config.initial_connection_window_size {
+        builder.initial_connection_window_size(size);
+    }
+    let (sender, connection) = builder
+        .handshake::<_, SendBody>(io)
+        .await
+        .map_err(ConnectError::Handshake)?;
+    let (closed_tx, closed_rx) = oneshot::channel();
+    let addr = endpoint.addr().to_string();
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(endpoint = %addr, error = %e, "connection ended with an error");
+        }
+        let _ = closed_tx.send(());
+    });
+    let first = spoke_rx
+        .await
+        .map_err(|_| ConnectError::ClosedBeforeSettings)?;
+    // An HTTP/2 server opens with a SETTINGS frame, whose first byte (the
+    // length's high byte) is 0. A TLS record starts with 0x15 (alert) or 0x16
+    // (handshake): a plaintext client talking to a TLS server.
+    if matches!(first, 0x15 | 0x16) {
+        return Err(ConnectError::ServerSpeaksTls);
+    }
+    Ok((sender, closed_rx))
 }
 
-impl AsyncRead for FirstRead {
+/// A stream that reports the first byte it reads.
+struct FirstRead<S> {
+    inner: S,
+    spoke: Option<oneshot::Sender<u8>>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for FirstRead<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -183,16 +219,16 @@ impl AsyncRead for FirstRead {
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
         if self.spoke.is_some()
             && matches!(poll, Poll::Ready(Ok(())))
-            && buf.filled().len() > before
+            && let Some(&first) = buf.filled().get(before)
             && let Some(spoke) = self.spoke.take()
         {
-            let _ = spoke.send(());
+            let _ = spoke.send(first);
         }
         poll
     }
 }
 
-impl AsyncWrite for FirstRead {
+impl<S: AsyncWrite + Unpin> AsyncWrite for FirstRead<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

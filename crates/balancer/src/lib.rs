@@ -45,9 +45,11 @@ mod service;
 mod set;
 mod state;
 mod sticky;
+mod tls;
 
 pub use config::{BackoffConfig, EndpointConfig, Fallback};
 pub use discover::{Change, Endpoint, InvalidAddress};
 pub use service::{Balancer, BoxError, Builder, ResponseFuture};
 pub use state::{ConnectivityState, EndpointStatus, Stats};
 pub use sticky::{Sticky, StickyExt};
+pub use tls::{TlsConfig, TlsError};

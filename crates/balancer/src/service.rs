@@ -320,7 +320,7 @@ impl Shared {
             };
             endpoint.shared.picks.fetch_add(1, Ordering::Relaxed);
             let mut request = http::Request::from_parts(head.clone(), attempt);
-            set_origin(&mut request, &endpoint.shared.authority)?;
+            set_origin(&mut request, self.scheme(), &endpoint.shared.authority)?;
             let mut sender = endpoint.sender;
             let mut error = match sender.try_send_request(request).await {
                 Ok(response) => return Ok(response),
@@ -356,6 +356,14 @@ impl Shared {
                 error = %error,
                 "request was not processed; retrying on another endpoint"
             );
+        }
+    }
+
+    fn scheme(&self) -> http::uri::Scheme {
+        if self.config.endpoint.tls.is_some() {
+            http::uri::Scheme::HTTPS
+        } else {
+            http::uri::Scheme::HTTP
         }
     }
 
@@ -524,10 +532,11 @@ impl Shared {
 /// `:authority` as well.
 fn set_origin(
     request: &mut http::Request<SendBody>,
+    scheme: http::uri::Scheme,
     authority: &http::uri::Authority,
 ) -> Result<(), BoxError> {
     let mut parts = std::mem::take(request.uri_mut()).into_parts();
-    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.scheme = Some(scheme);
     parts.authority = Some(authority.clone());
     if parts.path_and_query.is_none() {
         parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));

@@ -232,6 +232,9 @@ impl Owner {
         managed.state = event.state;
         managed.sender = event.sender;
         managed.shared.set_state(event.state);
+        if let Some(error) = &event.error {
+            managed.shared.set_last_error(error.clone());
+        }
         self.dirty = true;
         let endpoint = &managed.shared.endpoint;
         let name = &self.shared.config.name;

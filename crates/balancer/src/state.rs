@@ -1,7 +1,7 @@
 //! Connectivity states and per-endpoint counters.
 
 use std::sync::{
-    Arc,
+    Arc, Mutex,
     atomic::{AtomicU8, AtomicU64, Ordering},
 };
 
@@ -56,6 +56,8 @@ pub struct EndpointStatus {
     /// Requests that failed on it at the transport level (not gRPC errors
     /// returned by the server).
     pub failures: u64,
+    /// Why the last connection attempt failed or the last connection ended.
+    pub last_error: Option<String>,
 }
 
 /// Balancer-wide counters, from [`Balancer::stats`](crate::Balancer::stats).
@@ -79,6 +81,7 @@ pub(crate) struct EndpointShared {
     state: AtomicU8,
     pub(crate) picks: AtomicU64,
     pub(crate) failures: AtomicU64,
+    last_error: Mutex<Option<String>>,
 }
 
 impl EndpointShared {
@@ -91,6 +94,7 @@ impl EndpointShared {
             state: AtomicU8::new(ConnectivityState::Idle.to_u8()),
             picks: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            last_error: Mutex::new(None),
         }))
     }
 
@@ -102,6 +106,12 @@ impl EndpointShared {
         self.state.store(state.to_u8(), Ordering::Relaxed);
     }
 
+    pub(crate) fn set_last_error(&self, error: String) {
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some(error);
+        }
+    }
+
     pub(crate) fn status(&self) -> EndpointStatus {
         EndpointStatus {
             key: self.key.clone(),
@@ -109,6 +119,7 @@ impl EndpointShared {
             state: self.state(),
             picks: self.picks.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
+            last_error: self.last_error.lock().ok().and_then(|e| e.clone()),
         }
     }
 }

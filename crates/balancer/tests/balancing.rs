@@ -8,7 +8,7 @@ use balancer::{
     BackoffConfig, Balancer, Change, ConnectivityState, Endpoint, Fallback, Sticky, StickyExt,
 };
 use echo_proto::echo_client::EchoClient;
-use support::{TestServer, discovery, from, hi};
+use support::{Pki, TestServer, discovery, from, hi};
 use tonic::Code;
 
 type Client = EchoClient<Balancer>;
@@ -400,4 +400,63 @@ async fn server_going_away_under_load_fails_no_request() {
     }
     assert_eq!(after.len(), 2400);
     assert_eq!(after.last().map(String::as_str), Some("1"));
+}
+
+fn tls_balancer(server: &TestServer, tls: Option<balancer::TlsConfig>) -> Balancer {
+    let config = balancer::EndpointConfig {
+        tls,
+        backoff: fast_backoff(),
+        ..Default::default()
+    };
+    Balancer::builder()
+        .endpoint_config(config)
+        .build(futures::stream::iter([server.insert()]))
+}
+
+async fn failed_with(balancer: &Balancer) -> String {
+    balancer
+        .wait_until(|all| {
+            all.iter()
+                .any(|e| e.state == ConnectivityState::TransientFailure)
+        })
+        .await;
+    balancer.endpoints()[0]
+        .last_error
+        .clone()
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn tls_endpoint_is_reached_when_its_ca_is_trusted() {
+    let pki = Pki::new();
+    let server = TestServer::start_tls("1", &pki);
+    let tls = balancer::TlsConfig::from_pem(pki.ca.as_bytes()).expect("ca");
+    let balancer = tls_balancer(&server, Some(tls));
+    let mut client = EchoClient::new(balancer);
+    assert_eq!(call(&mut client).await.expect("call over TLS"), "1");
+}
+
+#[tokio::test]
+async fn plaintext_client_against_a_tls_server_says_so() {
+    let pki = Pki::new();
+    let server = TestServer::start_tls("1", &pki);
+    let error = failed_with(&tls_balancer(&server, None)).await;
+    assert!(
+        error.contains("the server answered with TLS; this client is configured for plaintext"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn tls_client_with_the_wrong_ca_reports_the_certificate_error() {
+    let server = TestServer::start_tls("1", &Pki::new());
+    let other_ca = balancer::TlsConfig::from_pem(Pki::new().ca.as_bytes()).expect("ca");
+    let error = failed_with(&tls_balancer(&server, Some(other_ca))).await;
+    assert!(error.contains("TLS: invalid peer certificate"), "{error}");
+}
+
+#[test]
+fn tls_config_rejects_pem_without_a_certificate() {
+    let error = balancer::TlsConfig::from_pem(b"not a pem").expect_err("no cert");
+    assert_eq!(error.to_string(), "CA PEM holds no certificate");
 }

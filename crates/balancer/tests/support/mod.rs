@@ -98,6 +98,22 @@ impl TestServer {
 
     /// Serves on an already bound listener.
     pub fn serve(listener: std::net::TcpListener, id: &str) -> Self {
+        Self::serve_with(listener, id, None)
+    }
+
+    /// Serves TLS on a fresh loopback port with `pki`'s server certificate.
+    pub fn start_tls(id: &str, pki: &Pki) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let identity = tonic::transport::Identity::from_pem(&pki.server_cert, &pki.server_key);
+        let tls = tonic::transport::ServerTlsConfig::new().identity(identity);
+        Self::serve_with(listener, id, Some(tls))
+    }
+
+    fn serve_with(
+        listener: std::net::TcpListener,
+        id: &str,
+        tls: Option<tonic::transport::ServerTlsConfig>,
+    ) -> Self {
         let addr = listener.local_addr().expect("addr");
         listener.set_nonblocking(true).expect("nonblocking");
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -115,7 +131,11 @@ impl TestServer {
             let incoming = TcpListenerStream::new(listener).inspect(move |_| {
                 counter.fetch_add(1, Ordering::Relaxed);
             });
-            let _ = tonic::transport::Server::builder()
+            let mut builder = tonic::transport::Server::builder();
+            if let Some(tls) = tls {
+                builder = builder.tls_config(tls).expect("tls config");
+            }
+            let _ = builder
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = stop_rx.await;
@@ -191,5 +211,35 @@ pub fn from(reply: &str) -> String {
 pub fn hi() -> EchoRequest {
     EchoRequest {
         message: "hi".into(),
+    }
+}
+
+/// A CA and a server certificate for 127.0.0.1 and localhost, made now.
+pub struct Pki {
+    pub ca: String,
+    pub server_cert: String,
+    pub server_key: String,
+}
+
+impl Pki {
+    pub fn new() -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_key = KeyPair::generate().expect("ca key");
+        let ca = ca_params.self_signed(&ca_key).expect("ca cert");
+        let issuer = Issuer::new(ca_params, ca_key);
+        let server_params =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                .expect("server params");
+        let server_key = KeyPair::generate().expect("server key");
+        let server = server_params
+            .signed_by(&server_key, &issuer)
+            .expect("server cert");
+        Self {
+            ca: ca.pem(),
+            server_cert: server.pem(),
+            server_key: server_key.serialize_pem(),
+        }
     }
 }
