@@ -1,2 +1,68 @@
-//! `echo-client` binary.
-fn main() {}
+//! `echo-client` binary: parses flags, sets up logging, and runs the call
+//! loop or the load mode of the `echo_client` library. See the crate docs.
+
+use std::{
+    io::{IsTerminal, Write},
+    process::ExitCode,
+};
+
+use echo_client::{Client, cli::Args, describe_status};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let args = Args::parse_or_exit();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> ExitCode {
+    let client = match Client::connect(args.config()).await {
+        Ok(client) => client,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    client.wait_for_instances().await;
+    let mut out = std::io::stdout();
+
+    if let Some((concurrency, duration)) = args.load() {
+        let report = echo_client::load(&client, &args.message, concurrency, duration).await;
+        let _ = writeln!(out, "{report}");
+        return ExitCode::SUCCESS;
+    }
+
+    let mut sent = 0;
+    loop {
+        match client.echo(&args.message).await {
+            Ok(reply) => {
+                if writeln!(out, "{reply}").is_err() {
+                    // Nobody reads our output any more.
+                    return ExitCode::SUCCESS;
+                }
+            }
+            Err(status) => {
+                eprintln!("error: call failed: {}", describe_status(&status));
+                return ExitCode::FAILURE;
+            }
+        }
+        sent += 1;
+        if args.count.is_some_and(|n| sent >= n) {
+            return ExitCode::SUCCESS;
+        }
+        tokio::time::sleep(args.interval).await;
+    }
+}
