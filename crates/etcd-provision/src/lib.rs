@@ -175,14 +175,24 @@ pub struct EtcdProcess {
 }
 
 impl EtcdProcess {
-    /// Starts `bin` on free ports with a fresh data dir; retries with other
-    /// ports if the chosen ones were taken in the meantime.
+    /// Starts `bin` on free ports with a fresh data dir in the system's temp
+    /// dir; retries with other ports if the chosen ones were taken meanwhile.
     pub fn start_new(bin: &Path) -> Result<Self, Error> {
+        Self::start_new_in(bin, &env::temp_dir())
+    }
+
+    /// Like [`start_new`](Self::start_new), with the data dir under `parent`.
+    ///
+    /// Data dirs are named `etcd-provision-<pid>-…`; dirs left in `parent` by
+    /// processes that no longer exist (a test binary that exited without
+    /// running destructors) are removed first.
+    pub fn start_new_in(bin: &Path, parent: &Path) -> Result<Self, Error> {
+        sweep_stale_dirs(parent);
         let mut last = None;
         for _ in 0..3 {
             let dir = tempfile::Builder::new()
-                .prefix("etcd-provision-")
-                .tempdir()
+                .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
+                .tempdir_in(parent)
                 .map_err(|e| Error::new(format!("cannot create a temp dir for etcd: {e}")))?;
             let mut process = Self {
                 bin: bin.to_path_buf(),
@@ -367,6 +377,27 @@ impl Drop for DockerEtcd {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+    }
+}
+
+const DIR_PREFIX: &str = "etcd-provision-";
+
+/// Removes `etcd-provision-<pid>-*` dirs whose process is gone.
+fn sweep_stale_dirs(parent: &Path) {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(DIR_PREFIX)) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_dir_all(entry.path());
+        }
     }
 }
 
