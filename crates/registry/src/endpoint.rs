@@ -15,8 +15,17 @@ struct Update<'a> {
     metadata: &'a Value,
 }
 
-/// `{"Op":0,"Addr":"<addr>","Metadata":<metadata>}`, compact.
-pub(crate) fn encode(addr: &str, metadata: &Value) -> Vec<u8> {
+/// The value a registration writes:
+/// `{"Op":0,"Addr":"<addr>","Metadata":<metadata>}`, compact, byte for byte
+/// what Go's `endpoints.Manager.AddEndpoint` writes. The address is not
+/// validated here ([`Registration::register`](crate::Registration::register)
+/// does that).
+///
+/// ```
+/// let v = registry::encode_value("127.0.0.1:41234", &serde_json::json!("1"));
+/// assert_eq!(v, br#"{"Op":0,"Addr":"127.0.0.1:41234","Metadata":"1"}"#);
+/// ```
+pub fn encode(addr: &str, metadata: &Value) -> Vec<u8> {
     let update = Update {
         op: 0,
         addr,

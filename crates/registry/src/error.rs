@@ -14,6 +14,9 @@ pub enum ErrorKind {
     Unavailable,
     /// etcd answered with an error (e.g. permission denied).
     Etcd,
+    /// etcd's TLS certificate is not trusted, or etcd rejected the user name
+    /// or password (or requires one). Retrying will not help.
+    Security,
     /// The registration was already stopped ([`deregister`] was called).
     ///
     /// [`deregister`]: crate::Registered::deregister

@@ -5,7 +5,11 @@ use std::{fmt, time::Duration};
 use etcd_client::{Client, ConnectOptions};
 use serde_json::Value;
 
-use crate::{Error, Registered, task};
+use crate::{
+    Error, Registered,
+    security::{self, EtcdAuth, EtcdTls},
+    task,
+};
 
 /// Default etcd endpoint, the same as the seed's and `etcdctl`'s.
 pub const DEFAULT_ETCD_ENDPOINT: &str = "http://127.0.0.1:2379";
@@ -24,6 +28,7 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// | setting | default |
 /// |---|---|
 /// | etcd | [`DEFAULT_ETCD_ENDPOINT`], no [`ConnectOptions`] |
+/// | etcd TLS, user | none: plain `http://`, no authentication |
 /// | metadata | the address as a JSON string |
 /// | TTL | [`DEFAULT_TTL`] (60 s), at least [`MIN_TTL`] (2 s) |
 /// | keepalive interval | TTL / 3 |
@@ -36,6 +41,8 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct Registration {
     etcd: Etcd,
+    tls: Option<EtcdTls>,
+    auth: Option<EtcdAuth>,
     prefix: String,
     address: String,
     metadata: Option<Value>,
@@ -75,6 +82,8 @@ impl Registration {
                 endpoints: vec![DEFAULT_ETCD_ENDPOINT.to_owned()],
                 options: None,
             },
+            tls: None,
+            auth: None,
             prefix: prefix.into(),
             address: address.into(),
             metadata: None,
@@ -114,6 +123,28 @@ impl Registration {
                 options: Some(options),
             },
         };
+        self
+    }
+
+    /// Connects to etcd over TLS (`https://` endpoints): trusts `tls`'s CA
+    /// and presents its client certificate, if any.
+    ///
+    /// Checked by [`register`](Self::register) before etcd is contacted: an
+    /// unreadable file, a file without a PEM block, an `http://` endpoint, or
+    /// an `https://` endpoint without TLS settings is an
+    /// [`ErrorKind::InvalidConfig`](crate::ErrorKind::InvalidConfig) error.
+    pub fn etcd_tls(mut self, tls: EtcdTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Authenticates to etcd as `user` (etcd with `auth enable`). The
+    /// password is never logged nor shown by `Debug`.
+    ///
+    /// A wrong password is an [`ErrorKind::Etcd`](crate::ErrorKind::Etcd)
+    /// error from [`register`](Self::register), not retried.
+    pub fn etcd_auth(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        self.auth = Some(EtcdAuth::new(user, password));
         self
     }
 
@@ -184,9 +215,23 @@ impl Registration {
     /// [`ErrorKind::Unavailable`]: crate::ErrorKind::Unavailable
     pub async fn register(self) -> Result<Registered, Error> {
         let config = self.validate()?;
+        let secured = security::Secured::of(self.tls.as_ref());
         let (client, endpoints) = match self.etcd {
+            Etcd::Client(_) if self.tls.is_some() || self.auth.is_some() => {
+                return Err(Error::invalid(
+                    "etcd TLS or user settings were given together with a connected client: \
+                     set them on that client's ConnectOptions instead",
+                ));
+            }
             Etcd::Client(client) => (task::Connect::Ready(client), None),
             Etcd::Endpoints { endpoints, options } => {
+                let options = security::connect_options(
+                    &endpoints,
+                    options,
+                    self.tls.as_ref(),
+                    self.auth.as_ref(),
+                )
+                .map_err(Error::invalid)?;
                 let described = endpoints.join(",");
                 (
                     task::Connect::Endpoints { endpoints, options },
@@ -194,7 +239,7 @@ impl Registration {
                 )
             }
         };
-        task::register(config, client, endpoints).await
+        task::register(config, client, endpoints, secured).await
     }
 
     fn validate(&self) -> Result<Config, Error> {
@@ -261,6 +306,8 @@ impl fmt::Debug for Registration {
             Etcd::Endpoints { endpoints, .. } => d.field("etcd_endpoints", endpoints),
             Etcd::Client(_) => d.field("etcd_endpoints", &"<client>"),
         };
+        d.field("etcd_tls", &self.tls)
+            .field("etcd_user", &self.auth.as_ref().map(EtcdAuth::user));
         d.field("prefix", &self.prefix)
             .field("address", &self.address)
             .field("metadata", &self.metadata)
@@ -360,6 +407,14 @@ mod tests {
         ] {
             assert!(validate_address(a).is_err(), "{a}");
         }
+    }
+
+    #[test]
+    fn debug_shows_the_etcd_user_but_not_the_password() {
+        let r = Registration::new("p", "h:1").etcd_auth("game", "hunter2");
+        let shown = format!("{r:?}");
+        assert!(shown.contains(r#"etcd_user: Some("game")"#), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
     }
 
     #[test]

@@ -21,6 +21,7 @@ use crate::{
     endpoint,
     error::{describe, is_lease_not_found, is_transient},
     registration::Config,
+    security::{Secured, diagnose},
 };
 
 /// A session that lived less than this and was lost again counts as a flap:
@@ -49,6 +50,7 @@ pub(crate) async fn register(
     config: Config,
     connect: Connect,
     endpoints: Option<String>,
+    secured: Secured,
 ) -> Result<Registered, Error> {
     let started = Instant::now();
     let deadline = started + config.connect_timeout;
@@ -91,6 +93,14 @@ pub(crate) async fn register(
                 );
                 return Ok(spawn(config, client, value, session));
             }
+            Ok(Err((_, e))) if diagnose(&describe(&e), secured).is_some_and(|d| d.fatal) => {
+                let text = describe(&e);
+                let hint = diagnose(&text, secured).map_or("", |d| d.hint);
+                return Err(Error::new(
+                    ErrorKind::Security,
+                    format!("{doing}: {text}: {hint}"),
+                ));
+            }
             Ok(Err((connecting, e))) if !is_transient(&e) => {
                 return Err(if connecting {
                     Error::invalid(format!("{doing}: invalid endpoint: {}", describe(&e)))
@@ -100,7 +110,11 @@ pub(crate) async fn register(
             }
             Ok(Err((_, e))) => {
                 debug!(key = %config.key, error = %describe(&e), attempt, "registration attempt failed");
-                last_error = Some(describe(&e));
+                let text = describe(&e);
+                last_error = Some(match diagnose(&text, secured) {
+                    Some(d) => format!("{text}: {}", d.hint),
+                    None => text,
+                });
             }
             Err(_) => break,
         }
