@@ -17,6 +17,8 @@ use std::{
 
 pub use etcd_provision::EtcdProcess;
 
+pub mod process;
+
 /// Client URLs of the etcd shared by all tests of this binary.
 ///
 /// # Panics
@@ -79,6 +81,19 @@ pub fn unique_prefix(test: &str) -> String {
         .map(|d| d.as_millis())
         .unwrap_or(0);
     format!("test/{test}/{}-{n}-{millis}", std::process::id())
+}
+
+/// An `--env` value no other test (or test run) uses, e.g.
+/// `t1234-7-1700000000000-sigint`, so that `discovery/<env>/game` is empty
+/// at the start of the test.
+pub fn unique_env(test: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    format!("t{}-{n}-{millis}-{test}", std::process::id())
 }
 
 /// A loopback port that was free a moment ago.

@@ -1,3 +1,4 @@
 //! End-to-end tests against a real etcd. Run with `cargo xtask test`.
 
+mod echo;
 mod etcd;
