@@ -14,6 +14,9 @@
 //! unchanged ones undisturbed. Each recovery is logged with its reason and
 //! duration.
 //!
+//! etcd with TLS or authentication: see [`Resolver::builder`] and
+//! [`EtcdTls`].
+//!
 //! ```no_run
 //! use futures::StreamExt;
 //! use resolver::Resolver;
@@ -34,14 +37,21 @@
 //! ```
 
 mod backoff;
+mod builder;
 mod resolution;
 mod resolver;
+mod security;
 mod value;
 
 pub use crate::{
     backoff::Backoff,
+    builder::{
+        ConnectError, ConnectErrorKind, DEFAULT_CONNECT_TIMEOUT, DEFAULT_ETCD_ENDPOINT,
+        ResolverBuilder,
+    },
     resolution::Resolution,
     resolver::Resolver,
+    security::EtcdTls,
     value::{DecodeError, Decoded, Entry, decode_value},
 };
 

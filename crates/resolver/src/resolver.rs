@@ -11,6 +11,7 @@ use tracing::{Instrument, debug, info, warn};
 use crate::{
     backoff::Backoff,
     resolution::{Resolution, Shared},
+    security::{Secured, describe, diagnose},
     value::{Decoded, Entry, decode_value, shorten},
 };
 
@@ -34,9 +35,11 @@ pub(crate) type Hook =
 /// does not see `discovery/dev/gameplay/…`.
 #[derive(Clone)]
 pub struct Resolver {
-    client: Client,
+    pub(crate) client: Client,
     /// `<prefix>/`.
-    key_prefix: String,
+    pub(crate) key_prefix: String,
+    /// What TLS was configured with, to explain connection errors.
+    pub(crate) secured: Secured,
     backoff: Backoff,
     page_size: i64,
     request_timeout: Duration,
@@ -64,7 +67,8 @@ impl Resolver {
         let prefix = prefix.into();
         Self {
             client,
-            key_prefix: format!("{}/", prefix.trim_end_matches('/')),
+            key_prefix: key_prefix(&prefix),
+            secured: Secured::default(),
             backoff: Backoff::default(),
             page_size: 1000,
             request_timeout: Duration::from_secs(5),
@@ -321,7 +325,10 @@ impl Resolver {
     ) -> Result<T, String> {
         match timeout(self.request_timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(format!("{what}: {e}")),
+            Ok(Err(e)) => Err(match diagnose(&describe(&e), self.secured) {
+                Some(d) => format!("{what}: {e}: {}", d.hint),
+                None => format!("{what}: {e}"),
+            }),
             Err(_) => Err(format!(
                 "{what}: etcd did not answer within {:?}",
                 self.request_timeout
@@ -339,6 +346,11 @@ fn cancel_reason(resp: &etcd_client::WatchResponse) -> String {
     } else {
         format!("watch canceled by etcd: {:?}", resp.cancel_reason())
     }
+}
+
+/// `<prefix>/` for a prefix given with or without trailing slashes.
+fn key_prefix(prefix: &str) -> String {
+    format!("{}/", prefix.trim_end_matches('/'))
 }
 
 /// The first key after every key starting with `prefix`.
@@ -363,5 +375,72 @@ mod tests {
         assert_eq!(prefix_end(b"discovery/dev/game/"), b"discovery/dev/game0");
         assert_eq!(prefix_end(b"a\xff"), b"b");
         assert_eq!(prefix_end(b"\xff"), b"\0");
+    }
+
+    /// Whether the range the resolver lists and watches,
+    /// `[key_prefix, prefix_end(key_prefix))`, holds `key`.
+    fn in_range(key_prefix: &str, key: &[u8]) -> bool {
+        let end = prefix_end(key_prefix.as_bytes());
+        key >= key_prefix.as_bytes() && (end == [0] || key < end.as_slice())
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn config() -> ProptestConfig {
+            ProptestConfig {
+                cases: 256,
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            }
+        }
+
+        /// Prefixes as users write them, trailing slashes included, with
+        /// some bytes near the ends of the byte range.
+        fn prefix() -> impl Strategy<Value = String> {
+            "[a-z\\-_./\u{7f}\u{ff}\u{10ffff}]{1,24}"
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            #[test]
+            fn the_watched_range_holds_exactly_the_keys_under_prefix_slash(
+                prefix in prefix(),
+                key in proptest::collection::vec(any::<u8>(), 0..40),
+            ) {
+                let kp = key_prefix(&prefix);
+                prop_assert!(kp.ends_with('/') && !kp.ends_with("//"), "{kp:?}");
+                prop_assert_eq!(in_range(&kp, &key), key.starts_with(kp.as_bytes()));
+            }
+
+            #[test]
+            fn keys_under_the_prefix_are_in_and_siblings_are_out(
+                prefix in prefix(),
+                rest in proptest::collection::vec(any::<u8>(), 0..40),
+                sibling in "[a-z0-9\\-_.]{1,8}",
+            ) {
+                let kp = key_prefix(&prefix);
+                let base = kp.trim_end_matches('/');
+                let mut under = kp.as_bytes().to_vec();
+                under.extend_from_slice(&rest);
+                prop_assert!(in_range(&kp, &under));
+                // `discovery/dev/game` must not see `discovery/dev/gameplay/…`,
+                // nor the bare prefix key itself.
+                let longer = format!("{base}{sibling}/{}", String::from_utf8_lossy(&rest));
+                prop_assert!(!in_range(&kp, longer.as_bytes()), "{longer:?}");
+                prop_assert!(!in_range(&kp, base.as_bytes()));
+            }
+
+            #[test]
+            fn trailing_slashes_do_not_change_the_prefix(
+                prefix in prefix(),
+                slashes in 0..4usize,
+            ) {
+                let with = format!("{prefix}{}", "/".repeat(slashes));
+                prop_assert_eq!(key_prefix(&with), key_prefix(&prefix));
+            }
+        }
     }
 }
