@@ -14,6 +14,8 @@ use std::{
 };
 
 use clap::{Parser, Subcommand};
+
+mod demo;
 use etcd_provision::Etcd;
 
 #[derive(Parser)]
@@ -52,9 +54,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Etcd => run_etcd(&interrupt_rx),
         Cmd::Test { args } => run_tests(&args),
-        Cmd::Demo => {
-            Err("the demo is not written yet (see issue: echo-server and echo-client)".into())
-        }
+        Cmd::Demo => demo::run(&interrupt_rx),
         Cmd::Bench => Err("the benchmarks are not written yet".into()),
     };
     match result {
@@ -80,6 +80,9 @@ fn run_etcd(interrupt: &mpsc::Receiver<()>) -> Result<ExitCode> {
 
 fn run_tests(extra: &[String]) -> Result<ExitCode> {
     let protoc = ensure_protoc()?;
+    // The end-to-end tests run these binaries (they would build them too,
+    // from inside the test; doing it here shows the compiler output).
+    build_binaries(&protoc)?;
     let etcd = provision_etcd()?;
     let mut cmd = cargo();
     cmd.args(["test", "--workspace"])
@@ -94,6 +97,20 @@ fn run_tests(extra: &[String]) -> Result<ExitCode> {
     let status = cmd.status()?;
     drop(etcd);
     Ok(exit_code(status.code()))
+}
+
+/// `cargo build -p echo-server -p echo-client`, for the demo and the
+/// end-to-end tests.
+fn build_binaries(protoc: &Path) -> Result<()> {
+    eprintln!("xtask: building echo-server and echo-client");
+    let status = cargo()
+        .args(["build", "-p", "echo-server", "-p", "echo-client"])
+        .env("PROTOC", protoc)
+        .status()?;
+    if !status.success() {
+        return Err(format!("cargo build -p echo-server -p echo-client failed ({status})").into());
+    }
+    Ok(())
 }
 
 /// Finds or starts an etcd and says where it came from.
