@@ -85,7 +85,8 @@ fn run_tests(extra: &[String]) -> Result<ExitCode> {
     build_binaries(&protoc)?;
     let etcd = provision_etcd()?;
     let mut cmd = cargo();
-    cmd.args(["test", "--workspace"])
+    // Every failing test binary is reported, not only the first.
+    cmd.args(["test", "--workspace", "--no-fail-fast"])
         .args(extra)
         .env("PROTOC", &protoc)
         .env("ETCD_ENDPOINTS", etcd.endpoints().join(","));
