@@ -15,6 +15,7 @@ use std::{
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod demo;
 use etcd_provision::Etcd;
 
@@ -37,8 +38,21 @@ enum Cmd {
     },
     /// Replay the seed scenario: client, two servers, a sticky client, a drain.
     Demo,
-    /// Run the benchmarks.
-    Bench,
+    /// Run the benchmarks (throughput, pick cost, propagation, failover, scale).
+    Bench {
+        /// Short windows and fewer trials: about 3 minutes instead of 15.
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Load over real servers while servers and etcd are killed and restarted.
+    Chaos {
+        /// How long the fault schedule runs (humantime: 20s, 2m).
+        #[arg(long, default_value = "60s")]
+        duration: String,
+        /// Seed of the fault schedule (random when absent; printed).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -55,7 +69,8 @@ fn main() -> ExitCode {
         Cmd::Etcd => run_etcd(&interrupt_rx),
         Cmd::Test { args } => run_tests(&args),
         Cmd::Demo => demo::run(&interrupt_rx),
-        Cmd::Bench => Err("the benchmarks are not written yet".into()),
+        Cmd::Chaos { duration, seed } => run_chaos(&duration, seed),
+        Cmd::Bench { quick } => bench::run(quick, &interrupt_rx),
     };
     match result {
         Ok(code) => code,
@@ -112,6 +127,44 @@ fn build_binaries(protoc: &Path) -> Result<()> {
         return Err(format!("cargo build -p echo-server -p echo-client failed ({status})").into());
     }
     Ok(())
+}
+
+fn run_chaos(duration: &str, seed: Option<u64>) -> Result<ExitCode> {
+    let protoc = ensure_protoc()?;
+    eprintln!("xtask: building echo-server and chaos");
+    let status = cargo()
+        .args(["build", "-p", "echo-server", "-p", "chaos"])
+        .env("PROTOC", &protoc)
+        .status()?;
+    if !status.success() {
+        return Err(format!("cargo build -p echo-server -p chaos failed ({status})").into());
+    }
+    // The run kills and restarts its own etcd, so it needs a binary; on
+    // Debian as root, provisioning installs one.
+    let etcd_bin = match etcd_provision::find_etcd_binary() {
+        Some(bin) => bin,
+        None => {
+            drop(provision_etcd()?);
+            etcd_provision::find_etcd_binary().ok_or_else(|| {
+                format!(
+                    "chaos needs an etcd binary: {}",
+                    etcd_provision::HOW_TO_GET_ETCD
+                )
+            })?
+        }
+    };
+    let bin_dir = workspace_root().join("target/debug");
+    let mut cmd = Command::new(bin_dir.join("chaos"));
+    cmd.args(["--duration", duration])
+        .arg("--etcd-bin")
+        .arg(&etcd_bin)
+        .arg("--server-bin")
+        .arg(bin_dir.join("echo-server"));
+    if let Some(seed) = seed {
+        cmd.args(["--seed", &seed.to_string()]);
+    }
+    let status = cmd.status()?;
+    Ok(exit_code(status.code()))
 }
 
 /// Finds or starts an etcd and says where it came from.

@@ -26,6 +26,7 @@
 //!     sticky_id: None,
 //!     wait_ready: None,
 //!     events: false,
+//!     stop: None,
 //! })
 //! .await?;
 //! println!("{result}");

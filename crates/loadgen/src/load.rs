@@ -6,7 +6,10 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -96,6 +99,9 @@ pub struct Config {
     /// Print `{"event":"first",...}` on stdout when an instance answers for
     /// the first time, and keep per-instance first/last answer times.
     pub events: bool,
+    /// Set to end the run early (e.g. when stdin closes); the result still
+    /// covers the time run.
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 /// Wall clock in microseconds since the Unix epoch: the one clock shared by
@@ -216,14 +222,18 @@ async fn connect(config: &Config) -> Result<(Stack, Option<Balancer>), String> {
                 Servers::List(list) => list.len(),
                 Servers::Etcd { .. } => 1,
             });
-            tokio::time::timeout(Duration::from_secs(60), balancer.wait_for_ready(want))
-                .await
-                .map_err(|_| {
-                    format!(
-                        "only {} of {want} endpoints READY after 60 s",
+            // Poll: `wait_for_ready` lists every endpoint on every change,
+            // which is quadratic over a thousand initial connects.
+            let started = Instant::now();
+            while balancer.ready_count() < want {
+                if started.elapsed() > Duration::from_secs(120) {
+                    return Err(format!(
+                        "only {} of {want} endpoints READY after 120 s",
                         balancer.ready_count()
-                    )
-                })?;
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
             Ok((Stack::Balancer(balancer.clone()), Some(balancer)))
         }
     }
@@ -289,7 +299,12 @@ pub async fn run(config: Config) -> Result<Value, String> {
     }
     error_times_us.sort_unstable();
     error_times_us.truncate(100_000);
-    let secs = config.duration.as_secs_f64();
+    // A run stopped early measured only until it stopped.
+    let secs = Instant::now()
+        .min(end)
+        .saturating_duration_since(measure_from)
+        .as_secs_f64()
+        .max(1e-3);
     let q = |q: f64| hist.value_at_quantile(q);
     let mut result = json!({
         "event": "result",
@@ -347,7 +362,12 @@ async fn worker(
     let mut local_seen: HashSet<String> = HashSet::new();
     loop {
         let t0 = Instant::now();
-        if t0 >= end {
+        if t0 >= end
+            || config
+                .stop
+                .as_ref()
+                .is_some_and(|s| s.load(Ordering::Relaxed))
+        {
             break;
         }
         let mut request = tonic::Request::new(EchoRequest {
@@ -477,6 +497,7 @@ mod tests {
                 sticky_id: None,
                 wait_ready: None,
                 events: false,
+                stop: None,
             })
             .await
             .expect("load runs");

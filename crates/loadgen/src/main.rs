@@ -60,6 +60,9 @@ enum Cmd {
         /// last answer time of each instance.
         #[arg(long)]
         events: bool,
+        /// End the run early when stdin reaches end of file.
+        #[arg(long)]
+        stop_on_eof: bool,
     },
     /// Serve the echo service on N loopback ports until SIGINT/SIGTERM.
     Serve {
@@ -148,6 +151,7 @@ async fn run(cmd: Cmd) -> Result<(), String> {
             sticky_id,
             wait_ready,
             events,
+            stop_on_eof,
         } => {
             if let Some(file) = servers_file {
                 let text = std::fs::read_to_string(&file)
@@ -182,6 +186,7 @@ async fn run(cmd: Cmd) -> Result<(), String> {
                 sticky_id,
                 wait_ready,
                 events,
+                stop: stop_on_eof.then(stop_when_stdin_closes),
             })
             .await?;
             println!("{result}");
@@ -226,6 +231,19 @@ async fn run(cmd: Cmd) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+fn stop_when_stdin_closes() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        while std::io::stdin().read_line(&mut sink).is_ok_and(|n| n > 0) {
+            sink.clear();
+        }
+        flag.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    stop
 }
 
 async fn wait_for_signal() {
