@@ -53,6 +53,27 @@ fn build_binaries() -> Result<PathBuf, String> {
     cmd.current_dir(root)
         .args(["build", "--quiet", "-p", "echo-server", "-p", "echo-client"])
         .env("CARGO_TARGET_DIR", target_dir);
+    // Cargo sets these for the test process; build scripts that track one
+    // (ring tracks CARGO_MANIFEST_DIR) would otherwise be rebuilt here, and
+    // again by the next ordinary `cargo build`.
+    for (key, _) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        if key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_BIN_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_CRATE_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "CARGO_RUSTC_CURRENT_DIR",
+                "OUT_DIR",
+            ]
+            .contains(&key)
+        {
+            cmd.env_remove(key);
+        }
+    }
     if profile_dir.file_name().is_some_and(|n| n == "release") {
         cmd.arg("--release");
     }

@@ -2,3 +2,4 @@
 
 mod echo;
 mod etcd;
+mod server;

@@ -1,0 +1,162 @@
+//! The `echo-server` binary on its own: the four Echo RPCs, health,
+//! reflection, and the order of its shutdown.
+
+use echo_proto::{EchoRequest, echo_client::EchoClient};
+use integration_tests::{
+    etcd_client, etcd_endpoints,
+    process::{PATIENCE, start_server},
+    unique_env,
+};
+use tonic::transport::Channel;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+use tonic_reflection::pb::v1::{
+    ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+    server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+};
+
+fn hi(message: &str) -> EchoRequest {
+    EchoRequest {
+        message: message.into(),
+    }
+}
+
+async fn channel(addr: &str) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect")
+}
+
+async fn health(channel: &Channel, service: &str) -> ServingStatus {
+    let reply = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .expect("health check");
+    reply.into_inner().status()
+}
+
+#[test]
+fn a_server_answers_the_four_echo_rpcs_health_and_reflection() {
+    let etcd = etcd_endpoints();
+    let (_server, addr) = start_server("7", &unique_env("rpcs"), &etcd, &[]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let channel = channel(&addr).await;
+        let mut echo = EchoClient::new(channel.clone());
+
+        let unary = echo.unary_echo(hi("a")).await.expect("unary").into_inner();
+        assert_eq!(unary.message, "a (from 7)");
+
+        let mut stream = echo
+            .server_streaming_echo(hi("b"))
+            .await
+            .expect("server streaming")
+            .into_inner();
+        let mut got = Vec::new();
+        while let Some(reply) = stream.message().await.expect("stream") {
+            got.push(reply.message);
+        }
+        assert_eq!(got, ["b (from 7)"]);
+
+        let requests = futures::stream::iter([hi("c1"), hi("c2")]);
+        let reply = echo
+            .client_streaming_echo(requests)
+            .await
+            .expect("client streaming")
+            .into_inner();
+        assert_eq!(reply.message, "c2 (from 7)");
+
+        let requests = futures::stream::iter([hi("d1"), hi("d2"), hi("d3")]);
+        let mut stream = echo
+            .bidirectional_streaming_echo(requests)
+            .await
+            .expect("bidi")
+            .into_inner();
+        let mut got = Vec::new();
+        while let Some(reply) = stream.message().await.expect("stream") {
+            got.push(reply.message);
+        }
+        assert_eq!(got, ["d1 (from 7)", "d2 (from 7)", "d3 (from 7)"]);
+
+        assert_eq!(health(&channel, "").await, ServingStatus::Serving);
+        assert_eq!(
+            health(&channel, echo_proto::SERVICE_NAME).await,
+            ServingStatus::Serving
+        );
+
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut replies = ServerReflectionClient::new(channel.clone())
+            .server_reflection_info(futures::stream::iter([request]))
+            .await
+            .expect("reflection")
+            .into_inner();
+        let reply = replies
+            .message()
+            .await
+            .expect("reflection reply")
+            .expect("one reply");
+        let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+            panic!("unexpected reflection reply {reply:?}");
+        };
+        let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+        assert!(names.contains(&echo_proto::SERVICE_NAME), "{names:?}");
+    });
+}
+
+#[test]
+fn a_stopping_server_reports_not_serving_and_leaves_etcd_before_it_stops() {
+    let etcd = etcd_endpoints();
+    let env = unique_env("not_serving");
+    let (mut server, addr) = start_server("1", &env, &etcd, &["--drain", "3s"]);
+    let key = format!("discovery/{env}/game/{addr}");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let channel = rt.block_on(async {
+        let channel = channel(&addr).await;
+        assert_eq!(health(&channel, "").await, ServingStatus::Serving);
+        let value = etcd_client()
+            .await
+            .get(key.as_str(), None)
+            .await
+            .expect("get");
+        let value = std::str::from_utf8(value.kvs()[0].value())
+            .expect("utf-8")
+            .to_owned();
+        assert_eq!(
+            value,
+            format!(r#"{{"Op":0,"Addr":"{addr}","Metadata":"1"}}"#)
+        );
+        channel
+    });
+
+    server.signal(libc::SIGINT);
+    // Not "signal received: draining", logged before the health change.
+    server.wait_log("echo_server::server: draining");
+    rt.block_on(async {
+        assert_eq!(health(&channel, "").await, ServingStatus::NotServing);
+        assert_eq!(
+            health(&channel, echo_proto::SERVICE_NAME).await,
+            ServingStatus::NotServing
+        );
+        let left = etcd_client()
+            .await
+            .get(key.as_str(), None)
+            .await
+            .expect("get");
+        assert!(left.kvs().is_empty(), "the key is still there");
+        // Still answering while draining.
+        let reply = EchoClient::new(channel.clone())
+            .unary_echo(hi("late"))
+            .await
+            .expect("a call while draining");
+        assert_eq!(reply.into_inner().message, "late (from 1)");
+    });
+    assert!(server.wait_exit(PATIENCE).success());
+}
