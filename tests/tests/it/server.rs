@@ -160,3 +160,15 @@ fn a_stopping_server_reports_not_serving_and_leaves_etcd_before_it_stops() {
     });
     assert!(server.wait_exit(PATIENCE).success());
 }
+
+#[test]
+fn a_second_signal_ends_the_drain_at_once() {
+    let etcd = etcd_endpoints();
+    let env = unique_env("second_signal");
+    let (mut server, _) = start_server("1", &env, &etcd, &["--drain", "60s"]);
+    server.signal(libc::SIGTERM);
+    server.wait_log("echo_server::server: draining");
+    server.signal(libc::SIGINT);
+    let status = server.wait_exit(PATIENCE);
+    assert_eq!(status.code(), Some(130), "{}", server.transcript());
+}
