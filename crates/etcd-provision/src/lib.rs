@@ -224,6 +224,11 @@ impl EtcdProcess {
         format!("http://127.0.0.1:{}", self.client_port)
     }
 
+    /// The directory holding the data dir and etcd's log; removed on drop.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// The process id while running.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

@@ -1,0 +1,528 @@
+//! A chaos run: a steady load of sticky and non-sticky calls over real
+//! `echo-server` processes while a seeded random schedule SIGINTs, SIGKILLs
+//! and restarts servers and kills and restarts etcd (same data dir). Every
+//! failed call is attributed to the event it followed, and the invariants are
+//! checked:
+//!
+//! - no failed call after a SIGINT (graceful drain);
+//! - after a SIGKILL, no more failed calls than calls in flight (the load's
+//!   concurrency bounds them);
+//! - no failed call while etcd is down or coming back (clients keep the last
+//!   known set, servers keep serving);
+//! - at the end the etcd prefix holds exactly the live servers;
+//! - nothing leaks: every process is reaped, file descriptors return to their
+//!   baseline, etcd's temp dir is gone.
+//!
+//! `cargo xtask chaos [--duration 60s] [--seed N]` runs it; the test suite runs
+//! a 20 s version. It needs an `etcd` binary (it kills and restarts its own).
+//! Servers' logs are discarded unless `CHAOS_SERVER_LOGS` is set.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), chaos::Error> {
+//! let config = chaos::Config::new("target/debug/echo-server".into(), "/usr/bin/etcd".into());
+//! let report = chaos::run(config).await?;
+//! println!("{report}");
+//! assert!(report.violations.is_empty());
+//! # Ok(())
+//! # }
+//! ```
+
+use std::{
+    collections::BTreeSet,
+    fmt,
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use balancer::{Balancer, ConnectivityState, StickyExt as _};
+use echo_proto::{EchoRequest, echo_client::EchoClient};
+use etcd_provision::EtcdProcess;
+use tokio::{
+    process::{Child, Command},
+    time::{Instant, sleep, timeout},
+};
+
+/// Settings of a chaos run.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// How long the schedule runs. Default 60 s.
+    pub duration: Duration,
+    /// Seed of the schedule; the same seed gives the same schedule. Default:
+    /// random.
+    pub seed: u64,
+    /// Number of servers. Default 3.
+    pub servers: usize,
+    /// Concurrent calls: half sticky, half not. Default 16.
+    pub concurrency: usize,
+    /// The `echo-server` binary.
+    pub server_bin: PathBuf,
+    /// The `etcd` binary.
+    pub etcd_bin: PathBuf,
+}
+
+impl Config {
+    /// Defaults, with the two binaries to run.
+    pub fn new(server_bin: PathBuf, etcd_bin: PathBuf) -> Self {
+        Self {
+            duration: Duration::from_secs(60),
+            seed: fastrand::u64(..),
+            servers: 3,
+            concurrency: 16,
+            server_bin,
+            etcd_bin,
+        }
+    }
+}
+
+/// Why a chaos run could not be carried out (as opposed to an invariant that
+/// did not hold, which is a [`Report::violations`] entry).
+#[derive(Debug)]
+pub struct Error(String);
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Error {}
+
+fn err(message: impl Into<String>) -> Error {
+    Error(message.into())
+}
+
+/// What happened, event by event, and which invariants failed.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// The seed used.
+    pub seed: u64,
+    /// One line per event with its failed-call count.
+    pub events: Vec<String>,
+    /// Calls that succeeded.
+    pub ok: u64,
+    /// Calls that failed.
+    pub failed: u64,
+    /// Failed calls by event kind.
+    pub failed_after_sigint: u64,
+    /// Failed calls after SIGKILLs.
+    pub failed_after_sigkill: u64,
+    /// Failed calls while etcd was down or restarting.
+    pub failed_while_etcd_down: u64,
+    /// Invariants that did not hold, in words. Empty on success.
+    pub violations: Vec<String>,
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "chaos run, seed {}", self.seed)?;
+        for event in &self.events {
+            writeln!(f, "  {event}")?;
+        }
+        writeln!(
+            f,
+            "calls: ok={} failed={} (after SIGINT: {}, after SIGKILL: {}, while etcd down: {})",
+            self.ok,
+            self.failed,
+            self.failed_after_sigint,
+            self.failed_after_sigkill,
+            self.failed_while_etcd_down
+        )?;
+        if self.violations.is_empty() {
+            write!(f, "verdict: PASS (every invariant held)")
+        } else {
+            writeln!(f, "verdict: FAIL")?;
+            for v in &self.violations {
+                writeln!(f, "  violated: {v}")?;
+            }
+            Ok(())
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Start,
+    SigInt,
+    SigKill,
+    EtcdDown,
+}
+
+struct Event {
+    at: Instant,
+    kind: Kind,
+    what: String,
+}
+
+struct Server {
+    id: String,
+    addr: String,
+    child: Option<Child>,
+}
+
+struct Harness {
+    config: Config,
+    env: String,
+    etcd: EtcdProcess,
+    servers: Vec<Server>,
+    failures: Arc<Mutex<Vec<(Instant, String)>>>,
+    ok: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+/// Runs the schedule and checks the invariants.
+///
+/// # Errors
+/// When the run cannot be set up (etcd or a server does not start); broken
+/// invariants are reported in [`Report::violations`], not as errors.
+pub async fn run(config: Config) -> Result<Report, Error> {
+    let fds_before = open_fds();
+    let etcd = tokio::task::block_in_place(|| EtcdProcess::start_new(&config.etcd_bin))
+        .map_err(|e| err(format!("etcd: {e}")))?;
+    let etcd_dir = etcd.dir().to_path_buf();
+    let env = format!("chaos-{}-{}", std::process::id(), config.seed);
+    let mut harness = Harness {
+        servers: (1..=config.servers)
+            .map(|i| {
+                Ok(Server {
+                    id: i.to_string(),
+                    addr: format!(
+                        "127.0.0.1:{}",
+                        etcd_provision::free_port().map_err(|e| err(e.to_string()))?
+                    ),
+                    child: None,
+                })
+            })
+            .collect::<Result<_, Error>>()?,
+        config,
+        env,
+        etcd,
+        failures: Arc::default(),
+        ok: Arc::default(),
+        stop: Arc::default(),
+    };
+    let result = harness.run().await;
+    harness.stop_all().await;
+    let mut report = result?;
+    drop(harness);
+
+    if etcd_dir.exists() {
+        report
+            .violations
+            .push(format!("etcd temp dir {} left behind", etcd_dir.display()));
+    }
+    // Connections close asynchronously once the clients are dropped.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut fds_after = open_fds();
+    while fds_after > fds_before && Instant::now() < deadline {
+        sleep(Duration::from_millis(50)).await;
+        fds_after = open_fds();
+    }
+    if fds_after > fds_before {
+        report.violations.push(format!(
+            "file descriptors leaked: {fds_before} before, {fds_after} after"
+        ));
+    }
+    Ok(report)
+}
+
+impl Harness {
+    fn prefix(&self) -> String {
+        format!("discovery/{}/game", self.env)
+    }
+
+    async fn run(&mut self) -> Result<Report, Error> {
+        let mut report = Report {
+            seed: self.config.seed,
+            ..Report::default()
+        };
+        for i in 0..self.servers.len() {
+            self.start_server(i).await?;
+        }
+        let client = self.client().await?;
+        let sticky = self.client().await?;
+        for balancer in [&client, &sticky] {
+            wait_ready(balancer, self.servers.len(), Duration::from_secs(30))
+                .await
+                .map_err(|_| err("the servers did not all become ready within 30 s"))?;
+        }
+        let workers = self.spawn_load(&client, &sticky);
+
+        let mut rng = fastrand::Rng::with_seed(self.config.seed);
+        let mut events = vec![Event {
+            at: Instant::now(),
+            kind: Kind::Start,
+            what: "load started".into(),
+        }];
+        let started = Instant::now();
+        while started.elapsed() < self.config.duration {
+            sleep(Duration::from_millis(rng.u64(300..900))).await;
+            let roll = rng.u8(0..100);
+            let i = rng.usize(0..self.servers.len());
+            let at = Instant::now();
+            let (kind, what) = if roll < 35 {
+                self.signal_server(i, "-INT").await?;
+                (
+                    Kind::SigInt,
+                    format!("SIGINT server {}", self.servers[i].id),
+                )
+            } else if roll < 70 {
+                self.signal_server(i, "-KILL").await?;
+                (
+                    Kind::SigKill,
+                    format!("SIGKILL server {}", self.servers[i].id),
+                )
+            } else {
+                tokio::task::block_in_place(|| self.etcd.kill());
+                (Kind::EtcdDown, "kill etcd".to_string())
+            };
+            events.push(Event { at, kind, what });
+            sleep(Duration::from_millis(rng.u64(300..1500))).await;
+            match kind {
+                Kind::EtcdDown => {
+                    tokio::task::block_in_place(|| self.etcd.start())
+                        .map_err(|e| err(format!("etcd did not restart: {e}")))?;
+                    // Registrations come back once etcd does.
+                    self.wait_for_registrations(Duration::from_secs(20))
+                        .await
+                        .map_err(|left| {
+                            err(format!(
+                                "registrations did not come back after etcd restarted: {left}"
+                            ))
+                        })?;
+                }
+                _ => {
+                    self.start_server(i).await?;
+                    for balancer in [&client, &sticky] {
+                        wait_ready(balancer, self.servers.len(), Duration::from_secs(30))
+                            .await
+                            .map_err(|_| {
+                                err(format!(
+                                    "server {} did not rejoin within 30 s",
+                                    self.servers[i].id
+                                ))
+                            })?;
+                    }
+                }
+            }
+        }
+        sleep(Duration::from_millis(500)).await;
+        self.stop.store(true, Ordering::Relaxed);
+        for worker in workers {
+            let _ = worker.await;
+        }
+        let end = Instant::now();
+
+        // Every failure belongs to the last event before it.
+        let failures = self.failures.lock().map(|f| f.clone()).unwrap_or_default();
+        report.ok = self.ok.load(Ordering::Relaxed);
+        report.failed = failures.len() as u64;
+        for (n, event) in events.iter().enumerate() {
+            let until = events.get(n + 1).map_or(end, |e| e.at);
+            let here: Vec<&String> = failures
+                .iter()
+                .filter(|(at, _)| *at >= event.at && *at < until)
+                .map(|(_, e)| e)
+                .collect();
+            let count = here.len() as u64;
+            let allowed = match event.kind {
+                Kind::SigKill => self.config.concurrency as u64,
+                _ => 0,
+            };
+            match event.kind {
+                Kind::SigInt => report.failed_after_sigint += count,
+                Kind::SigKill => report.failed_after_sigkill += count,
+                Kind::EtcdDown => report.failed_while_etcd_down += count,
+                Kind::Start => {}
+            }
+            let offset = event.at.duration_since(events[0].at);
+            report.events.push(format!(
+                "[{:>6.1}s] {}: {count} failed calls (allowed {allowed})",
+                offset.as_secs_f64(),
+                event.what
+            ));
+            if count > allowed {
+                report.violations.push(format!(
+                    "{} at {:.1}s: {count} failed calls, at most {allowed} allowed; first: {}",
+                    event.what,
+                    offset.as_secs_f64(),
+                    here.first().map_or("", |e| e.as_str())
+                ));
+            }
+        }
+
+        // The prefix must hold exactly the live servers.
+        if let Err(diff) = self.wait_for_registrations(Duration::from_secs(15)).await {
+            report
+                .violations
+                .push(format!("etcd prefix differs from the live servers: {diff}"));
+        }
+        Ok(report)
+    }
+
+    async fn client(&self) -> Result<Balancer, Error> {
+        let resolution = resolver::Resolver::connect(&[self.etcd.endpoint()], None, self.prefix())
+            .await
+            .map_err(|e| err(format!("resolver: {e}")))?
+            .resolve();
+        Ok(Balancer::builder().name(self.prefix()).build(resolution))
+    }
+
+    fn spawn_load(&self, client: &Balancer, sticky: &Balancer) -> Vec<tokio::task::JoinHandle<()>> {
+        (0..self.config.concurrency)
+            .map(|n| {
+                // Half the workers pin their calls to one instance each.
+                let pin = (n % 2 == 1).then(|| self.servers[n / 2 % self.servers.len()].id.clone());
+                let balancer = if pin.is_some() { sticky } else { client };
+                let mut echo = EchoClient::new(balancer.clone());
+                let (ok, failures, stop) =
+                    (self.ok.clone(), self.failures.clone(), self.stop.clone());
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let mut request = tonic::Request::new(EchoRequest {
+                            message: "chaos".into(),
+                        });
+                        request.set_timeout(Duration::from_secs(10));
+                        if let Some(id) = &pin {
+                            request = request.sticky(id.as_str());
+                        }
+                        match echo.unary_echo(request).await {
+                            Ok(_) => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(status) => {
+                                let line = format!("{:?}: {}", status.code(), status.message());
+                                tracing::warn!(pinned = ?pin, "call failed: {line}");
+                                if let Ok(mut f) = failures.lock() {
+                                    f.push((Instant::now(), line));
+                                }
+                            }
+                        }
+                    }
+                })
+            })
+            .collect()
+    }
+
+    async fn start_server(&mut self, i: usize) -> Result<(), Error> {
+        let etcd = self.etcd.endpoint();
+        let env = self.env.clone();
+        let server = &mut self.servers[i];
+        let child = Command::new(&self.config.server_bin)
+            .args(["--id", &server.id, "--env", &env, "--etcd", &etcd])
+            .args(["--addr", &server.addr, "--ttl", "3s", "--drain", "500ms"])
+            .args(["--shutdown-timeout", "5s"])
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(if std::env::var_os("CHAOS_SERVER_LOGS").is_some() {
+                std::process::Stdio::inherit()
+            } else {
+                std::process::Stdio::null()
+            })
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| {
+                err(format!(
+                    "cannot run {}: {e}",
+                    self.config.server_bin.display()
+                ))
+            })?;
+        server.child = Some(child);
+        Ok(())
+    }
+
+    async fn signal_server(&mut self, i: usize, signal: &str) -> Result<(), Error> {
+        let server = &mut self.servers[i];
+        let Some(mut child) = server.child.take() else {
+            return Ok(());
+        };
+        if let Some(pid) = child.id() {
+            let _ = Command::new("kill")
+                .args([signal, &pid.to_string()])
+                .status()
+                .await;
+        }
+        match timeout(Duration::from_secs(15), child.wait()).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => {
+                let _ = child.kill().await;
+                Err(err(format!(
+                    "server {} did not exit within 15 s of {signal}",
+                    server.id
+                )))
+            }
+        }
+    }
+
+    /// Waits until the etcd prefix holds exactly the running servers'
+    /// addresses; on timeout, says what differs.
+    async fn wait_for_registrations(&self, limit: Duration) -> Result<(), String> {
+        let live: BTreeSet<String> = self
+            .servers
+            .iter()
+            .filter(|s| s.child.is_some())
+            .map(|s| format!("{}/{}", self.prefix(), s.addr))
+            .collect();
+        let deadline = Instant::now() + limit;
+        let mut last = String::from("etcd not reachable");
+        while Instant::now() < deadline {
+            match self.registered_keys().await {
+                Ok(keys) if keys == live => return Ok(()),
+                Ok(keys) => last = format!("registered {keys:?}, live {live:?}"),
+                Err(e) => last = e,
+            }
+            sleep(Duration::from_millis(100)).await;
+        }
+        Err(last)
+    }
+
+    async fn registered_keys(&self) -> Result<BTreeSet<String>, String> {
+        let mut client = etcd_client::Client::connect([self.etcd.endpoint()], None)
+            .await
+            .map_err(|e| e.to_string())?;
+        let prefix = format!("{}/", self.prefix());
+        let response = client
+            .get(
+                prefix.as_str(),
+                Some(
+                    etcd_client::GetOptions::new()
+                        .with_prefix()
+                        .with_keys_only(),
+                ),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(response
+            .kvs()
+            .iter()
+            .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+            .collect())
+    }
+
+    async fn stop_all(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for i in 0..self.servers.len() {
+            if self.signal_server(i, "-INT").await.is_err() {
+                tracing::warn!(server = %self.servers[i].id, "killed after failing to stop");
+            }
+        }
+    }
+}
+
+async fn wait_ready(balancer: &Balancer, n: usize, limit: Duration) -> Result<(), ()> {
+    let ready = balancer.wait_until(|all| {
+        all.iter()
+            .filter(|e| e.state == ConnectivityState::Ready)
+            .count()
+            >= n
+    });
+    timeout(limit, ready).await.map_err(drop)
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
