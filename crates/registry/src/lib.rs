@@ -12,6 +12,12 @@
 //! backoff and jitter, until [`Registered::deregister`] is called. Its
 //! [`State`] is observable through [`Registered::state`].
 //!
+//! etcd over TLS (CA, client certificate) and with a user and password:
+//! [`Registration::etcd_tls`] with an [`EtcdTls`], and
+//! [`Registration::etcd_auth`]. Wrong certificates or credentials fail the
+//! first registration at once with [`ErrorKind::Security`] and a message
+//! that says which setting to fix; the password is never logged.
+//!
 //! Must not depend on the resolver or the balancer.
 //!
 //! # Example

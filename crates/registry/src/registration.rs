@@ -56,7 +56,8 @@ pub struct Registration {
 enum Etcd {
     Endpoints {
         endpoints: Vec<String>,
-        options: Option<ConnectOptions>,
+        /// Boxed: TLS settings make it large.
+        options: Option<Box<ConnectOptions>>,
     },
     Client(Box<Client>),
 }
@@ -116,11 +117,11 @@ impl Registration {
         self.etcd = match self.etcd {
             Etcd::Endpoints { endpoints, .. } => Etcd::Endpoints {
                 endpoints,
-                options: Some(options),
+                options: Some(Box::new(options)),
             },
             Etcd::Client(_) => Etcd::Endpoints {
                 endpoints: vec![DEFAULT_ETCD_ENDPOINT.to_owned()],
-                options: Some(options),
+                options: Some(Box::new(options)),
             },
         };
         self
@@ -227,14 +228,17 @@ impl Registration {
             Etcd::Endpoints { endpoints, options } => {
                 let options = security::connect_options(
                     &endpoints,
-                    options,
+                    options.map(|o| *o),
                     self.tls.as_ref(),
                     self.auth.as_ref(),
                 )
                 .map_err(Error::invalid)?;
                 let described = endpoints.join(",");
                 (
-                    task::Connect::Endpoints { endpoints, options },
+                    task::Connect::Endpoints {
+                        endpoints,
+                        options: options.map(Box::new),
+                    },
                     Some(described),
                 )
             }

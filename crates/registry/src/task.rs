@@ -41,7 +41,7 @@ pub(crate) enum Connect {
     Ready(Box<Client>),
     Endpoints {
         endpoints: Vec<String>,
-        options: Option<ConnectOptions>,
+        options: Option<Box<ConnectOptions>>,
     },
 }
 
@@ -69,7 +69,7 @@ pub(crate) async fn register(
             let mut c = match (&client, &connect) {
                 (Some(c), _) => c.clone(),
                 (None, Connect::Endpoints { endpoints, options }) => {
-                    Client::connect(endpoints, options.clone())
+                    Client::connect(endpoints, options.as_deref().cloned())
                         .await
                         .map_err(|e| (true, e))?
                 }

@@ -287,6 +287,32 @@ pub(crate) fn connect_options(
     Ok(options)
 }
 
+/// A one-line description of an etcd-client error: etcd's or the
+/// transport's message plus the root cause, without tonic's debug dump.
+pub(crate) fn describe(e: &etcd_client::Error) -> String {
+    use std::error::Error as _;
+    let (mut text, mut source) = match e {
+        etcd_client::Error::GRpcStatus(s) if !s.message().is_empty() => {
+            (s.message().to_owned(), s.source())
+        }
+        etcd_client::Error::GRpcStatus(s) => (s.code().description().to_owned(), s.source()),
+        other => (other.to_string(), other.source()),
+    };
+    let mut root = None;
+    while let Some(s) = source {
+        root = Some(s);
+        source = s.source();
+    }
+    if let Some(root) = root {
+        let root = root.to_string();
+        if !text.contains(&root) {
+            text.push_str(": ");
+            text.push_str(&root);
+        }
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -382,30 +408,4 @@ mod tests {
             "empty etcd password for user \"root\": give the password (ETCD_PASSWORD)"
         );
     }
-}
-
-/// A one-line description of an etcd-client error: etcd's or the
-/// transport's message plus the root cause, without tonic's debug dump.
-pub(crate) fn describe(e: &etcd_client::Error) -> String {
-    use std::error::Error as _;
-    let (mut text, mut source) = match e {
-        etcd_client::Error::GRpcStatus(s) if !s.message().is_empty() => {
-            (s.message().to_owned(), s.source())
-        }
-        etcd_client::Error::GRpcStatus(s) => (s.code().description().to_owned(), s.source()),
-        other => (other.to_string(), other.source()),
-    };
-    let mut root = None;
-    while let Some(s) = source {
-        root = Some(s);
-        source = s.source();
-    }
-    if let Some(root) = root {
-        let root = root.to_string();
-        if !text.contains(&root) {
-            text.push_str(": ");
-            text.push_str(&root);
-        }
-    }
-    text
 }

@@ -93,7 +93,7 @@ pub fn decode_value(value: &[u8]) -> Result<Decoded, DecodeError> {
         Some(other) => {
             return Err(DecodeError::new(format!(
                 "unknown Op {} (0 = add, 1 = delete)",
-                shorten(other)
+                excerpt(other)
             )));
         }
     }
@@ -101,10 +101,15 @@ pub fn decode_value(value: &[u8]) -> Result<Decoded, DecodeError> {
     let addr = match field(&fields, "Addr") {
         None => return Err(DecodeError::new("missing Addr")),
         Some(raw) => serde_json::from_str::<String>(raw.get()).map_err(|_| {
-            DecodeError::new(format!("Addr must be a string, got {}", shorten(raw.get())))
+            DecodeError::new(format!("Addr must be a string, got {}", excerpt(raw.get())))
         })?,
     };
-    let mut endpoint = Endpoint::new(&addr).map_err(|e| DecodeError::new(e.to_string()))?;
+    let mut endpoint = Endpoint::new(&addr).map_err(|e| {
+        // The message quotes the address: keep a long one to an excerpt
+        // (found by fuzzing: a 400-byte Addr made a 1 kB log line).
+        let quoted = format!("{addr:?}");
+        DecodeError::new(e.to_string().replacen(&quoted, &shorten(&quoted), 1))
+    })?;
 
     let metadata = field(&fields, "Metadata")
         .map(|raw| raw.get().trim())
@@ -139,6 +144,20 @@ fn instance_id(raw: &str) -> Option<String> {
         b'-' | b'0'..=b'9' | b't' | b'f' => Some(raw.to_string()),
         _ => None,
     }
+}
+
+/// [`shorten`] after escaping control characters (raw JSON may hold
+/// newlines between tokens): a message stays one short line.
+fn excerpt(s: &str) -> String {
+    let escaped: String = s
+        .chars()
+        .flat_map(|c| {
+            let escape = c.is_control().then(|| c.escape_default());
+            let plain = escape.is_none().then_some(c);
+            escape.into_iter().flatten().chain(plain)
+        })
+        .collect();
+    shorten(&escaped)
 }
 
 /// Enough of a value to recognise it in a log line.
@@ -302,6 +321,22 @@ mod tests {
         assert!(reason(nested(100_000).as_bytes()).contains("not a JSON object"));
         let deep_op = format!(r#"{{"Op":{},"Addr":"a:1"}}"#, nested(100_000));
         assert!(reason(deep_op.as_bytes()).contains("unknown Op"));
+    }
+
+    #[test]
+    fn a_long_or_multi_line_bad_value_gives_a_short_single_line_reason() {
+        // JSON escapes: a newline and 300 DEL characters in the address.
+        let long_addr = format!(r#"{{"Addr":"h:{}\n:"}}"#, r"\u007f".repeat(300));
+        let msg = reason(long_addr.as_bytes());
+        assert!(msg.contains("invalid endpoint address \"h:"), "{msg}");
+        assert!(msg.len() < 200 && !msg.contains('\n'), "{msg}");
+        let msg = reason(b"{\"Addr\": [1,\n2]}");
+        assert_eq!(
+            msg,
+            r"malformed endpoint value: Addr must be a string, got [1,\n2]"
+        );
+        let msg = reason(format!("{{\"Op\": [{}\n]}}", "1,".repeat(100)).as_bytes());
+        assert!(msg.len() < 200 && !msg.contains('\n'), "{msg}");
     }
 
     #[test]

@@ -71,6 +71,12 @@ fn jsonish() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         proptest::collection::vec(any::<u8>(), 0..256),
         "[{}\\[\\]\":,.0-9eE+ \\\\nulltruefalseOpAdrMetdau-]{0,96}".prop_map(String::into_bytes),
+        // Any text as Addr, long and with control characters (the fuzzer
+        // found that a long bad Addr made a 1 kB message).
+        proptest::collection::vec(any::<char>(), 0..300).prop_map(|addr| {
+            let addr: String = addr.into_iter().collect();
+            format!(r#"{{"Op":0,"Addr":{}}}"#, Value::from(addr)).into_bytes()
+        }),
         // A valid value with one byte replaced, one byte cut or bytes appended.
         (addr(), metadata(), any::<usize>(), any::<u8>(), 0..3u8).prop_map(
             |(a, (m, _), at, byte, how)| {
