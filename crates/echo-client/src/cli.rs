@@ -29,16 +29,17 @@ use crate::{Config, DEFAULT_ETCD_ENDPOINT};
     about = "Calls grpc.examples.echo.Echo on the instances registered in etcd under \
              discovery/<env>/<service>, round robin or pinned to one instance (--id); \
              load mode with --concurrency and --duration.",
-    version
+    version,
+    long_about = None
 )]
 pub struct Args {
     /// Pin every call to this instance id (sticky).
     #[arg(long, value_parser = non_empty)]
     pub id: Option<String>,
-    /// Environment: the key prefix is discovery/<ENV>/<SERVICE>.
+    /// Environment: the key prefix is discovery/ENV/SERVICE.
     #[arg(long, default_value = "dev", value_parser = key_segment)]
     pub env: String,
-    /// Service name: the key prefix is discovery/<ENV>/<SERVICE>.
+    /// Service name: the key prefix is discovery/ENV/SERVICE.
     #[arg(long, default_value = "game", value_parser = key_segment)]
     pub service: String,
     /// etcd client URL; repeat for several (or a comma list).

@@ -31,17 +31,18 @@ pub const MIN_TTL: Duration = registry::MIN_TTL;
     name = "echo-server",
     about = "Serves grpc.examples.echo.Echo, registers itself in etcd under \
              discovery/<env>/<service>/<addr>, drains on SIGINT/SIGTERM.",
-    version
+    version,
+    long_about = None
 )]
 pub struct Args {
-    /// Instance id: named in every reply ("hi (from <ID>)") and registered as
+    /// Instance id: named in every reply ("hi (from ID)") and registered as
     /// the endpoint metadata, for sticky clients.
     #[arg(long, value_parser = non_empty)]
     pub id: String,
-    /// Environment: the key prefix is discovery/<ENV>/<SERVICE>.
+    /// Environment: the key prefix is discovery/ENV/SERVICE.
     #[arg(long, default_value = "dev", value_parser = key_segment)]
     pub env: String,
-    /// Service name: the key prefix is discovery/<ENV>/<SERVICE>.
+    /// Service name: the key prefix is discovery/ENV/SERVICE.
     #[arg(long, default_value = "game", value_parser = key_segment)]
     pub service: String,
     /// etcd client URL; repeat for several (or a comma list).
