@@ -84,8 +84,12 @@ impl DecodeError {
 /// assert!(decode_value(b"not json").is_err());
 /// ```
 pub fn decode_value(value: &[u8]) -> Result<Decoded, DecodeError> {
-    let fields: BTreeMap<String, Box<RawValue>> = serde_json::from_slice(value)
-        .map_err(|e| DecodeError::new(format!("not a JSON object: {e}")))?;
+    let fields: BTreeMap<String, Box<RawValue>> = serde_json::from_slice(value).map_err(|e| {
+        // serde_json quotes the offending value (a whole JSON string,
+        // say): keep the start and the end (what was expected, where).
+        let message = excerpt_to(&e.to_string(), 160);
+        DecodeError::new(format!("not a JSON object: {message}"))
+    })?;
 
     match field(&fields, "Op").map(RawValue::get) {
         None | Some("null") | Some("0") => {}
@@ -149,15 +153,35 @@ fn instance_id(raw: &str) -> Option<String> {
 /// [`shorten`] after escaping control characters (raw JSON may hold
 /// newlines between tokens): a message stays one short line.
 fn excerpt(s: &str) -> String {
-    let escaped: String = s
-        .chars()
+    shorten(&escape_controls(s))
+}
+
+/// At most about `max` bytes of `s`, control characters escaped: its start
+/// and its end with `…` between.
+fn excerpt_to(s: &str, max: usize) -> String {
+    let s = escape_controls(s);
+    if s.len() <= max {
+        return s;
+    }
+    let mut head = max / 2;
+    while !s.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = s.len() - max / 2;
+    while !s.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!("{}…{}", &s[..head], &s[tail..])
+}
+
+fn escape_controls(s: &str) -> String {
+    s.chars()
         .flat_map(|c| {
             let escape = c.is_control().then(|| c.escape_default());
             let plain = escape.is_none().then_some(c);
             escape.into_iter().flatten().chain(plain)
         })
-        .collect();
-    shorten(&escaped)
+        .collect()
 }
 
 /// Enough of a value to recognise it in a log line.
@@ -337,6 +361,13 @@ mod tests {
         );
         let msg = reason(format!("{{\"Op\": [{}\n]}}", "1,".repeat(100)).as_bytes());
         assert!(msg.len() < 200 && !msg.contains('\n'), "{msg}");
+        // A long JSON string instead of an object (found by cargo fuzz).
+        let msg = reason(format!("\"{}\"", "t:".repeat(500)).as_bytes());
+        assert!(msg.len() < 250 && !msg.contains('\n'), "{msg}");
+        assert!(
+            msg.contains("expected a map at line 1 column 1002"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -77,6 +77,13 @@ fn jsonish() -> impl Strategy<Value = Vec<u8>> {
             let addr: String = addr.into_iter().collect();
             format!(r#"{{"Op":0,"Addr":{}}}"#, Value::from(addr)).into_bytes()
         }),
+        // A long JSON string where an object belongs (serde_json quotes it
+        // in its error; also found by the fuzzer).
+        proptest::collection::vec(any::<char>(), 0..300).prop_map(|s| {
+            Value::from(s.into_iter().collect::<String>())
+                .to_string()
+                .into_bytes()
+        }),
         // A valid value with one byte replaced, one byte cut or bytes appended.
         (addr(), metadata(), any::<usize>(), any::<u8>(), 0..3u8).prop_map(
             |(a, (m, _), at, byte, how)| {
