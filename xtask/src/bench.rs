@@ -120,6 +120,8 @@ pub(crate) fn run(quick: bool, interrupt: &Receiver<()>) -> Result<ExitCode> {
         "window_s": plan.window.as_secs_f64(),
         "rounds": plan.rounds,
     });
+    // Others' work on this machine shows here: report it with the numbers.
+    let loadavg_before = loadavg();
     details["build_s"] = json!(started.elapsed().as_secs());
     let measuring = Instant::now();
     let mut sections = json!({});
@@ -134,6 +136,8 @@ pub(crate) fn run(quick: bool, interrupt: &Receiver<()>) -> Result<ExitCode> {
     details["scale"] = timed("scale", bench.scale(&plan)?);
     details["done_at_s"] = sections;
     details["elapsed_s"] = json!(measuring.elapsed().as_secs());
+    details["loadavg_before"] = json!(loadavg_before);
+    details["loadavg_after"] = json!(loadavg());
     drop(bench);
     drop(etcd);
 
@@ -834,8 +838,8 @@ fn print_table(d: &Value) {
         num(&s["client_rss_mib_1k"])
     );
     println!(
-        "\nmeasuring took {} s (sections done at {}), after {} s of build",
-        d["elapsed_s"], d["done_at_s"], d["build_s"]
+        "\nmeasuring took {} s (sections done at {}), after {} s of build; load average before {}, after {}",
+        d["elapsed_s"], d["done_at_s"], d["build_s"], d["loadavg_before"], d["loadavg_after"]
     );
 }
 
@@ -863,6 +867,13 @@ fn unix_us() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+/// `/proc/loadavg`'s 1, 5 and 15 minute averages.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 /// Whether `taskset` can pin to CPUs 0 and 1 here.
