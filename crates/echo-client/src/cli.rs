@@ -1,28 +1,38 @@
 //! The command line of the `echo-client` binary, as a library item so that
 //! its parsing (and its error messages) can be tested and reused.
+//!
+//! ```
+//! use clap::Parser;
+//! use echo_client::cli::Args;
+//!
+//! let args = Args::try_parse_from(["echo-client", "--id", "1", "--count", "3"]).unwrap();
+//! assert_eq!(args.count, Some(3));
+//! assert_eq!(args.config().prefix(), "discovery/dev/game");
+//!
+//! let err = Args::try_parse_from(["echo-client", "--concurrency", "0", "--duration", "1s"]);
+//! assert_eq!(err.unwrap_err().exit_code(), 2);
+//!
+//! // The etcd password comes from the environment (ETCD_PASSWORD), never
+//! // from a flag; a user without it is a usage error.
+//! let err = Args::try_parse_with_password(["echo-client", "--etcd-user", "game"], None);
+//! assert_eq!(err.unwrap_err().exit_code(), 2);
+//! ```
 
-use std::time::Duration;
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use balancer::Fallback;
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory, Parser, ValueEnum};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
 
-use crate::{Config, DEFAULT_ETCD_ENDPOINT};
+use crate::{Config, DEFAULT_ETCD_ENDPOINT, EtcdAuth, Password};
 
-/// `echo-client [--id <ID>] [--env dev] [--service game] [--etcd URL]...
-/// [--message hi] [--interval 1s] [--count N] [--fallback rr|fail]
-/// [--concurrency C --duration D]`
-///
-/// ```
-/// use clap::Parser;
-/// use echo_client::cli::Args;
-///
-/// let args = Args::try_parse_from(["echo-client", "--id", "1", "--count", "3"]).unwrap();
-/// assert_eq!(args.count, Some(3));
-/// assert_eq!(args.config().prefix(), "discovery/dev/game");
-///
-/// let err = Args::try_parse_from(["echo-client", "--concurrency", "0", "--duration", "1s"]);
-/// assert_eq!(err.unwrap_err().exit_code(), 2);
-/// ```
+/// The environment variable the etcd password is read from.
+pub const PASSWORD_ENV: &str = "ETCD_PASSWORD";
+
+/// The flags of `echo-client`; see the [module docs](self) for an example.
 #[derive(Clone, Debug, Parser)]
 #[command(
     name = "echo-client",
@@ -71,6 +81,33 @@ pub struct Args {
     /// Load mode: how long to run.
     #[arg(long, value_parser = positive_duration, requires = "concurrency")]
     pub duration: Option<Duration>,
+    /// etcd TLS: PEM file of the CA that signed etcd's certificate (use
+    /// https:// endpoints).
+    #[arg(long, value_name = "PEM", value_parser = cert_file)]
+    pub etcd_ca: Option<PathBuf>,
+    /// etcd TLS: PEM file of a client certificate, for an etcd started with
+    /// --client-cert-auth (with --etcd-key and --etcd-ca).
+    #[arg(long, value_name = "PEM", value_parser = cert_file, requires = "etcd_key", requires = "etcd_ca")]
+    pub etcd_cert: Option<PathBuf>,
+    /// etcd TLS: PEM file of the private key of --etcd-cert.
+    #[arg(long, value_name = "PEM", value_parser = key_file, requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
+    /// etcd user to authenticate as; the password is read from the
+    /// environment variable ETCD_PASSWORD (never from a flag).
+    #[arg(long, value_name = "USER", value_parser = non_empty)]
+    pub etcd_user: Option<String>,
+    /// The password of --etcd-user, from ETCD_PASSWORD (see
+    /// [`Args::try_parse_with_password`]); never printed.
+    #[arg(skip)]
+    pub etcd_password: Option<Password>,
+    /// gRPC TLS: PEM file of the CA that signed the servers' certificates;
+    /// without it the client speaks plaintext HTTP/2.
+    #[arg(long, value_name = "PEM", value_parser = tls_ca_file)]
+    pub tls_ca: Option<PathBuf>,
+    /// gRPC TLS: the name the servers' certificates must hold (default: the
+    /// host of each registered address).
+    #[arg(long, value_name = "NAME", value_parser = tls_domain, requires = "tls_ca")]
+    pub tls_domain: Option<String>,
 }
 
 /// `--fallback` values.
@@ -96,7 +133,50 @@ impl Args {
     /// on stderr and exits with code 2 (`--help` and `--version` print and
     /// exit 0).
     pub fn parse_or_exit() -> Self {
-        Self::try_parse().unwrap_or_else(|e| exit_on_usage_error(&e))
+        let password = std::env::var_os(PASSWORD_ENV)
+            .map(|p| p.into_string().map_err(|_| ()))
+            .transpose();
+        let parsed = match password {
+            Ok(password) => Self::try_parse_with_password(std::env::args_os(), password),
+            Err(()) => Self::try_parse()
+                .and_then(|_| Err(usage_error(format!("{PASSWORD_ENV} is not valid UTF-8")))),
+        };
+        parsed.unwrap_or_else(|e| exit_on_usage_error(&e))
+    }
+
+    /// Parses `args` like [`Parser::try_parse_from`], then takes the etcd
+    /// password of `--etcd-user` from `password` (the value of
+    /// `ETCD_PASSWORD`).
+    ///
+    /// `--etcd-user` without a password, or with an empty one, is a usage
+    /// error (exit code 2); a password without `--etcd-user` is ignored.
+    pub fn try_parse_with_password<I, T>(
+        args: I,
+        password: Option<String>,
+    ) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let mut args = Self::try_parse_from(args)?;
+        if let Some(user) = &args.etcd_user {
+            match password {
+                Some(p) if !p.is_empty() => args.etcd_password = Some(Password::new(p)),
+                Some(_) => {
+                    return Err(usage_error(format!(
+                        "--etcd-user {user} needs its password in the environment variable \
+                         {PASSWORD_ENV}, which is empty"
+                    )));
+                }
+                None => {
+                    return Err(usage_error(format!(
+                        "--etcd-user {user} needs its password in the environment variable \
+                         {PASSWORD_ENV}, which is not set"
+                    )));
+                }
+            }
+        }
+        Ok(args)
     }
 
     /// The client [`Config`] these arguments describe.
@@ -107,6 +187,15 @@ impl Args {
             service: self.service.clone(),
             etcd: self.etcd.clone(),
             fallback: self.fallback.into(),
+            etcd_ca: self.etcd_ca.clone(),
+            etcd_client_cert: self.etcd_cert.clone().zip(self.etcd_key.clone()),
+            etcd_auth: self
+                .etcd_user
+                .clone()
+                .zip(self.etcd_password.clone())
+                .map(|(user, password)| EtcdAuth { user, password }),
+            tls_ca: self.tls_ca.clone(),
+            tls_domain: self.tls_domain.clone(),
             ..Config::default()
         }
     }
@@ -116,6 +205,12 @@ impl Args {
         let c = usize::try_from(self.concurrency?).ok()?;
         Some((c, self.duration?))
     }
+}
+
+/// A usage error (exit code 2) with `message`, shown as
+/// `error: <message>`.
+fn usage_error(message: String) -> clap::Error {
+    Args::command().error(clap::error::ErrorKind::ArgumentConflict, message)
 }
 
 /// Prints a clap error as one line on stderr (help and version as they are)
@@ -174,6 +269,60 @@ fn positive_duration(s: &str) -> Result<Duration, String> {
     } else {
         Ok(d)
     }
+}
+
+/// A readable PEM file holding at least one certificate (`--etcd-ca`,
+/// `--etcd-cert`).
+pub fn cert_file(s: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(s);
+    let pem = read(&path)?;
+    let mut certs = 0;
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        cert.map_err(|e| format!("not a valid PEM file: {e}"))?;
+        certs += 1;
+    }
+    if certs == 0 {
+        return Err(
+            "no certificate in it: expected a PEM file with a \"-----BEGIN CERTIFICATE-----\" block"
+                .into(),
+        );
+    }
+    Ok(path)
+}
+
+/// [`cert_file`] whose certificates rustls accepts as trust anchors
+/// (`--tls-ca`).
+pub fn tls_ca_file(s: &str) -> Result<PathBuf, String> {
+    let path = cert_file(s)?;
+    let pem = read(&path)?;
+    balancer::TlsConfig::from_pem(&pem).map_err(|e| e.to_string())?;
+    Ok(path)
+}
+
+/// A readable PEM file holding a private key (`--etcd-key`).
+pub fn key_file(s: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(s);
+    let pem = read(&path)?;
+    match PrivateKeyDer::from_pem_slice(&pem) {
+        Ok(_) => Ok(path),
+        Err(rustls_pki_types::pem::Error::NoItemsFound) => Err(
+            "no private key in it: expected a PEM file with a \"-----BEGIN PRIVATE KEY-----\" \
+             (or RSA/EC PRIVATE KEY) block"
+                .into(),
+        ),
+        Err(e) => Err(format!("not a valid PEM file: {e}")),
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read it: {e}"))
+}
+
+/// A TLS server name: a DNS name or an IP address (`--tls-domain`).
+pub fn tls_domain(s: &str) -> Result<String, String> {
+    ServerName::try_from(s)
+        .map(|_| s.to_owned())
+        .map_err(|_| "expected a DNS name or an IP address, such as echo.internal".into())
 }
 
 /// An etcd client URL: `http://host:port` or `https://host:port`.
@@ -265,5 +414,53 @@ mod tests {
             err.ends_with("expected a duration such as 200ms, 1s or 2m"),
             "{err}"
         );
+    }
+
+    fn parse_pw(args: &[&str], password: Option<&str>) -> Result<Args, String> {
+        Args::try_parse_with_password(
+            std::iter::once("echo-client").chain(args.iter().copied()),
+            password.map(str::to_owned),
+        )
+        .map_err(|e| one_line(&e))
+    }
+
+    #[test]
+    fn etcd_user_needs_a_password_from_the_environment() {
+        let err = parse_pw(&["--etcd-user", "game"], None).unwrap_err();
+        assert_eq!(
+            err,
+            "error: --etcd-user game needs its password in the environment variable \
+             ETCD_PASSWORD, which is not set"
+        );
+        let err = parse_pw(&["--etcd-user", "game"], Some("")).unwrap_err();
+        assert!(err.ends_with("which is empty"), "{err}");
+        let args = parse_pw(&["--etcd-user", "game"], Some("hunter2")).unwrap();
+        assert!(!format!("{args:?}").contains("hunter2"));
+        assert!(!format!("{:?}", args.clone().config()).contains("hunter2"));
+        let err = parse(&["--etcd-password", "x"]).unwrap_err();
+        assert!(
+            err.starts_with("error: unexpected argument '--etcd-password'"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn pem_files_are_checked_when_parsing() {
+        let err = parse(&["--etcd-ca", "/nonexistent/ca.pem"]).unwrap_err();
+        assert_eq!(
+            err,
+            "error: invalid value '/nonexistent/ca.pem' for '--etcd-ca <PEM>': cannot read it: \
+             No such file or directory (os error 2)"
+        );
+        let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        let err = parse(&["--etcd-ca", manifest]).unwrap_err();
+        assert!(
+            err.ends_with(
+                "no certificate in it: expected a PEM file with a \"-----BEGIN CERTIFICATE-----\" block"
+            ),
+            "{err}"
+        );
+        let err = parse(&["--etcd-key", manifest]).unwrap_err();
+        assert!(err.contains("no private key in it"), "{err}");
     }
 }

@@ -1,11 +1,12 @@
 //! [`Config`] and [`Client`]: discovery, balancing and one call.
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{collections::HashMap, fmt, path::PathBuf, sync::Arc, time::Duration};
 
-use balancer::{Balancer, Fallback, StickyExt};
+use balancer::{Balancer, ConnectivityState, EndpointConfig, Fallback, StickyExt, TlsConfig};
 use echo_proto::{EchoRequest, echo_client::EchoClient};
+use resolver::{EtcdTls, Resolver};
 use tonic::Status;
-use tracing::info;
+use tracing::{info, warn};
 
 /// Default etcd endpoint, the same as the seed's and `etcdctl`'s.
 pub const DEFAULT_ETCD_ENDPOINT: &str = "http://127.0.0.1:2379";
@@ -23,6 +24,11 @@ pub const WAIT_LOG_GRACE: Duration = Duration::from_millis(500);
 /// | `service` | `game` | `--service` |
 /// | `etcd` | `http://127.0.0.1:2379` | `--etcd` (repeatable), env `ETCD_ENDPOINTS` |
 /// | `fallback` | round robin | `--fallback rr\|fail` |
+/// | `etcd_ca` | none (plain `http://`) | `--etcd-ca` |
+/// | `etcd_client_cert` | none | `--etcd-cert` and `--etcd-key` |
+/// | `etcd_auth` | none | `--etcd-user`, password from env `ETCD_PASSWORD` |
+/// | `tls_ca` | none (plaintext gRPC) | `--tls-ca` |
+/// | `tls_domain` | the host of each address | `--tls-domain` |
 /// | `call_timeout` | 10 s (no flag) | |
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -36,6 +42,20 @@ pub struct Config {
     pub etcd: Vec<String>,
     /// What a sticky call does when its instance is unavailable.
     pub fallback: Fallback,
+    /// etcd TLS: the PEM file of the CA that signed etcd's certificate;
+    /// the endpoints must then be `https://`.
+    pub etcd_ca: Option<PathBuf>,
+    /// etcd TLS: the PEM files of a client certificate and its key, for an
+    /// etcd started with `--client-cert-auth`; needs [`etcd_ca`](Self::etcd_ca).
+    pub etcd_client_cert: Option<(PathBuf, PathBuf)>,
+    /// etcd user and password, for an etcd with authentication enabled.
+    pub etcd_auth: Option<EtcdAuth>,
+    /// gRPC TLS: the PEM file of the CA that signed the servers'
+    /// certificates; `None` speaks plaintext HTTP/2.
+    pub tls_ca: Option<PathBuf>,
+    /// gRPC TLS: the name every server's certificate must hold, instead of
+    /// the host of its address.
+    pub tls_domain: Option<String>,
     /// Limit for one call, waiting for an instance included (after the
     /// first instance was found).
     pub call_timeout: Duration,
@@ -49,6 +69,11 @@ impl Default for Config {
             service: "game".to_owned(),
             etcd: vec![DEFAULT_ETCD_ENDPOINT.to_owned()],
             fallback: Fallback::RoundRobin,
+            etcd_ca: None,
+            etcd_client_cert: None,
+            etcd_auth: None,
+            tls_ca: None,
+            tls_domain: None,
             call_timeout: Duration::from_secs(10),
         }
     }
@@ -61,7 +86,46 @@ impl Config {
     }
 }
 
-/// Why a [`Client`] could not be built: etcd-client refused the endpoints.
+/// An etcd user and its password. `Debug` never shows the password.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EtcdAuth {
+    /// The user name.
+    pub user: String,
+    /// Its password.
+    pub password: Password,
+}
+
+/// A password: kept out of `Debug` output (shown as `<redacted>`) and
+/// without `Display`, so that it is not logged by mistake.
+///
+/// ```
+/// let p = echo_client::Password::new("hunter2");
+/// assert_eq!(format!("{p:?}"), "<redacted>");
+/// assert_eq!(p.expose(), "hunter2");
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(String);
+
+impl Password {
+    /// Wraps `password`.
+    pub fn new(password: impl Into<String>) -> Self {
+        Self(password.into())
+    }
+
+    /// The password itself, to hand to the etcd client.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Why a [`Client`] could not be built: invalid settings (endpoints, PEM
+/// files), or etcd rejected the TLS settings or the user.
 #[derive(Debug)]
 pub struct Error(String);
 
@@ -99,18 +163,59 @@ impl fmt::Debug for Client {
 impl Client {
     /// Starts discovering `discovery/<env>/<service>` and balancing over it.
     ///
-    /// etcd need not be up: the resolver retries with backoff and the
-    /// calls wait for an instance. Fails only on endpoints etcd-client
-    /// rejects.
+    /// Without an etcd user, etcd need not be up: the resolver retries with
+    /// backoff and the calls wait for an instance. Fails on settings that
+    /// cannot work (endpoints, PEM files, `--tls-ca`), on TLS settings or a
+    /// user etcd rejects, and, with a user, when etcd cannot be reached
+    /// (see [`resolver::ResolverBuilder::connect`]).
     pub async fn connect(config: Config) -> Result<Self, Error> {
         let prefix = config.prefix();
-        let resolution = resolver::Resolver::connect(&config.etcd, None, prefix.as_str())
+        let mut resolver =
+            Resolver::builder(prefix.as_str()).etcd_endpoints(config.etcd.iter().cloned());
+        if let Some(ca) = &config.etcd_ca {
+            let mut tls = EtcdTls::ca_file(ca);
+            if let Some((cert, key)) = &config.etcd_client_cert {
+                tls = tls.client_cert_files(cert, key);
+            }
+            resolver = resolver.etcd_tls(tls);
+        } else if config.etcd_client_cert.is_some() {
+            return Err(Error(
+                "an etcd client certificate needs the CA that signed etcd's certificate too \
+                 (--etcd-ca)"
+                    .into(),
+            ));
+        }
+        if let Some(auth) = &config.etcd_auth {
+            resolver = resolver.etcd_auth(auth.user.as_str(), auth.password.expose());
+        }
+        let mut endpoint_config = EndpointConfig::default();
+        if let Some(ca) = &config.tls_ca {
+            let pem = std::fs::read(ca).map_err(|e| {
+                Error(format!(
+                    "cannot read the TLS CA file {:?}: {e}",
+                    ca.display().to_string()
+                ))
+            })?;
+            let mut tls = TlsConfig::from_pem(&pem).map_err(|e| {
+                Error(format!(
+                    "cannot use the TLS CA file {:?}: {e}",
+                    ca.display().to_string()
+                ))
+            })?;
+            if let Some(domain) = &config.tls_domain {
+                tls = tls.domain(domain.as_str());
+            }
+            endpoint_config.tls = Some(tls);
+        }
+        let resolution = resolver
+            .connect()
             .await
-            .map_err(|e| Error(format!("cannot use etcd at {}: {e}", config.etcd.join(","))))?
+            .map_err(|e| Error(e.to_string()))?
             .resolve();
         let balancer = Balancer::builder()
             .name(prefix.as_str())
             .fallback(config.fallback)
+            .endpoint_config(endpoint_config)
             .build(resolution);
         Ok(Self {
             echo: EchoClient::new(balancer.clone()),
@@ -133,7 +238,9 @@ impl Client {
 
     /// Waits until an instance is READY. If none is within
     /// [`WAIT_LOG_GRACE`], logs `waiting for instances of <prefix>` once
-    /// first (like the seed).
+    /// first (like the seed), then why each instance found cannot be used,
+    /// once per instance and reason: `cannot use instance <addr> (id <id>):
+    /// <reason>` (e.g. the server answered with TLS), with a hint.
     pub async fn wait_for_instances(&self) {
         let ready = self.balancer.wait_for_ready(1);
         tokio::pin!(ready);
@@ -142,7 +249,42 @@ impl Client {
             .is_err()
         {
             info!("waiting for instances of {}", self.prefix);
-            ready.await;
+            let mut reported: HashMap<String, String> = HashMap::new();
+            loop {
+                let mut fresh = Vec::new();
+                let news = self.balancer.wait_until(|all| {
+                    fresh = all
+                        .iter()
+                        .filter(|e| e.state != ConnectivityState::Ready)
+                        .filter_map(|e| {
+                            let error = reason(e.last_error.as_deref()?);
+                            (reported.get(&e.key) != Some(&error))
+                                .then(|| (e.key.clone(), e.endpoint.clone(), error))
+                        })
+                        .collect();
+                    !fresh.is_empty()
+                });
+                tokio::select! {
+                    biased;
+                    () = &mut ready => break,
+                    () = news => {}
+                }
+                if fresh.is_empty() {
+                    // The balancer stopped publishing changes: nothing new
+                    // to say.
+                    ready.await;
+                    break;
+                }
+                for (key, endpoint, error) in fresh.drain(..) {
+                    warn!(
+                        "cannot use instance {} (id {}): {error}{}",
+                        endpoint.addr(),
+                        endpoint.instance_id().unwrap_or("none"),
+                        hint(&error)
+                    );
+                    reported.insert(key, error);
+                }
+            }
         }
         info!(
             ready = self.balancer.ready_count(),
@@ -169,6 +311,45 @@ impl Client {
                 humantime::format_duration(self.call_timeout)
             ))),
         }
+    }
+}
+
+impl Client {
+    /// Why the instances that are not READY cannot be used, one
+    /// `<addr>: <reason>` each (with a hint for TLS mismatches); empty
+    /// when every instance is READY or none failed yet.
+    pub fn endpoint_errors(&self) -> Vec<String> {
+        self.balancer
+            .endpoints()
+            .iter()
+            .filter(|e| e.state != ConnectivityState::Ready)
+            .filter_map(|e| {
+                let error = reason(e.last_error.as_deref()?);
+                Some(format!("{}: {error}{}", e.endpoint.addr(), hint(&error)))
+            })
+            .collect()
+    }
+}
+
+/// A connection error without the changing `; retrying in …` tail.
+fn reason(error: &str) -> String {
+    error
+        .split_once("; retrying in")
+        .map_or(error, |(reason, _)| reason)
+        .to_owned()
+}
+
+/// What to do about a connection error, in the terms of the command line.
+fn hint(error: &str) -> &'static str {
+    if error.contains("configured for plaintext") {
+        " (the server serves TLS: give the CA that signed its certificate with --tls-ca)"
+    } else if error.contains("invalid peer certificate") {
+        " (--tls-ca must be the CA that signed the server's certificate, and the certificate \
+         must name the address's host or --tls-domain)"
+    } else if error.contains("TLS:") && error.contains("corrupt message") {
+        " (the server does not seem to serve TLS: was it started with --tls-cert?)"
+    } else {
+        ""
     }
 }
 

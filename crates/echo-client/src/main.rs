@@ -55,7 +55,15 @@ async fn run(args: Args) -> ExitCode {
                 }
             }
             Err(status) => {
-                eprintln!("error: call failed: {}", describe_status(&status));
+                // Why the instances cannot be used, if they cannot: e.g.
+                // a TLS server and a plaintext client.
+                let errors = client.endpoint_errors();
+                let why = if errors.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", errors.join("; "))
+                };
+                eprintln!("error: call failed: {}{why}", describe_status(&status));
                 return ExitCode::FAILURE;
             }
         }

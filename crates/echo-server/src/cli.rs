@@ -1,31 +1,44 @@
 //! The command line of the `echo-server` binary, as a library item so that
 //! its parsing (and its error messages) can be tested and reused.
+//!
+//! ```
+//! use clap::Parser;
+//! use echo_server::cli::Args;
+//!
+//! let args = Args::try_parse_from(["echo-server", "--id", "1", "--ttl", "10s"]).unwrap();
+//! let config = args.into_config();
+//! assert_eq!(config.prefix(), "discovery/dev/game");
+//! assert_eq!(config.ttl, std::time::Duration::from_secs(10));
+//!
+//! let err = Args::try_parse_from(["echo-server", "--id", "1", "--ttl", "0"]).unwrap_err();
+//! assert_eq!(err.exit_code(), 2);
+//!
+//! // The etcd password comes from the environment (ETCD_PASSWORD), never
+//! // from a flag; a user without it is a usage error.
+//! let err = Args::try_parse_with_password(["echo-server", "--id", "1", "--etcd-user", "game"], None)
+//!     .unwrap_err();
+//! assert_eq!(err.exit_code(), 2);
+//! ```
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
-use crate::Config;
+use crate::{Config, EtcdAuth, Password};
 
 /// Smallest accepted `--ttl` (etcd leases are whole seconds; the registry
 /// wants at least 2 s so that a keepalive fits in).
 pub const MIN_TTL: Duration = registry::MIN_TTL;
 
-/// `echo-server --id <ID> [--env dev] [--service game] [--etcd URL]...
-/// [--addr 127.0.0.1:0] [--ttl 60s] [--drain 1s] [--shutdown-timeout 10s]`
-///
-/// ```
-/// use clap::Parser;
-/// use echo_server::cli::Args;
-///
-/// let args = Args::try_parse_from(["echo-server", "--id", "1", "--ttl", "10s"]).unwrap();
-/// let config = args.into_config();
-/// assert_eq!(config.prefix(), "discovery/dev/game");
-/// assert_eq!(config.ttl, std::time::Duration::from_secs(10));
-///
-/// let err = Args::try_parse_from(["echo-server", "--id", "1", "--ttl", "0"]).unwrap_err();
-/// assert_eq!(err.exit_code(), 2);
-/// ```
+/// The environment variable the etcd password is read from.
+pub const PASSWORD_ENV: &str = "ETCD_PASSWORD";
+
+/// The flags of `echo-server`; see the [module docs](self) for an example.
 #[derive(Clone, Debug, Parser)]
 #[command(
     name = "echo-server",
@@ -68,6 +81,32 @@ pub struct Args {
     /// On SIGINT/SIGTERM: how long in-flight calls may take to finish.
     #[arg(long, default_value = "10s", value_parser = duration)]
     pub shutdown_timeout: Duration,
+    /// etcd TLS: PEM file of the CA that signed etcd's certificate (use
+    /// https:// endpoints).
+    #[arg(long, value_name = "PEM", value_parser = cert_file)]
+    pub etcd_ca: Option<PathBuf>,
+    /// etcd TLS: PEM file of a client certificate, for an etcd started with
+    /// --client-cert-auth (with --etcd-key and --etcd-ca).
+    #[arg(long, value_name = "PEM", value_parser = cert_file, requires = "etcd_key", requires = "etcd_ca")]
+    pub etcd_cert: Option<PathBuf>,
+    /// etcd TLS: PEM file of the private key of --etcd-cert.
+    #[arg(long, value_name = "PEM", value_parser = key_file, requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
+    /// etcd user to authenticate as; the password is read from the
+    /// environment variable ETCD_PASSWORD (never from a flag).
+    #[arg(long, value_name = "USER", value_parser = non_empty)]
+    pub etcd_user: Option<String>,
+    /// The password of --etcd-user, from ETCD_PASSWORD (see
+    /// [`Args::try_parse_with_password`]); never printed.
+    #[arg(skip)]
+    pub etcd_password: Option<Password>,
+    /// gRPC TLS: PEM file of the server's certificate chain (with
+    /// --tls-key); clients then need the CA that signed it.
+    #[arg(long, value_name = "PEM", value_parser = cert_file, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// gRPC TLS: PEM file of the private key of --tls-cert.
+    #[arg(long, value_name = "PEM", value_parser = key_file, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Args {
@@ -75,7 +114,53 @@ impl Args {
     /// on stderr and exits with code 2 (`--help` and `--version` print and
     /// exit 0).
     pub fn parse_or_exit() -> Self {
-        Self::try_parse().unwrap_or_else(|e| exit_on_usage_error(&e))
+        let password = std::env::var_os(PASSWORD_ENV)
+            .map(|p| p.into_string().map_err(|_| ()))
+            .transpose();
+        let parsed = match password {
+            Ok(password) => Self::try_parse_with_password(std::env::args_os(), password),
+            Err(()) => Self::try_parse()
+                .and_then(|_| Err(usage_error(format!("{PASSWORD_ENV} is not valid UTF-8")))),
+        };
+        parsed.unwrap_or_else(|e| exit_on_usage_error(&e))
+    }
+
+    /// Parses `args` like [`Parser::try_parse_from`], then takes the etcd
+    /// password of `--etcd-user` from `password` (the value of
+    /// `ETCD_PASSWORD`) and checks the settings that span several flags.
+    ///
+    /// `--etcd-user` without a password, or with an empty one, is a usage
+    /// error (exit code 2); a password without `--etcd-user` is ignored.
+    pub fn try_parse_with_password<I, T>(
+        args: I,
+        password: Option<String>,
+    ) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let mut args = Self::try_parse_from(args)?;
+        if let Some(user) = &args.etcd_user {
+            match password {
+                Some(p) if !p.is_empty() => args.etcd_password = Some(Password::new(p)),
+                Some(_) => {
+                    return Err(usage_error(format!(
+                        "--etcd-user {user} needs its password in the environment variable \
+                         {PASSWORD_ENV}, which is empty"
+                    )));
+                }
+                None => {
+                    return Err(usage_error(format!(
+                        "--etcd-user {user} needs its password in the environment variable \
+                         {PASSWORD_ENV}, which is not set"
+                    )));
+                }
+            }
+        }
+        if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+            crate::server::tls_config(cert, key).map_err(|e| usage_error(e.to_string()))?;
+        }
+        Ok(args)
     }
 
     /// The [`Config`] these arguments describe.
@@ -89,9 +174,22 @@ impl Args {
             ttl: self.ttl,
             drain: self.drain,
             shutdown_timeout: self.shutdown_timeout,
+            etcd_ca: self.etcd_ca,
+            etcd_client_cert: self.etcd_cert.zip(self.etcd_key),
+            etcd_auth: self
+                .etcd_user
+                .zip(self.etcd_password)
+                .map(|(user, password)| EtcdAuth { user, password }),
+            tls: self.tls_cert.zip(self.tls_key),
             ..Config::new("")
         }
     }
+}
+
+/// A usage error (exit code 2) with `message`, shown as
+/// `error: <message>`.
+fn usage_error(message: String) -> clap::Error {
+    Args::command().error(clap::error::ErrorKind::ArgumentConflict, message)
 }
 
 /// Prints a clap error as one line on stderr (help and version as they are)
@@ -153,6 +251,44 @@ fn ttl(s: &str) -> Result<Duration, String> {
     } else {
         Ok(ttl)
     }
+}
+
+/// A readable PEM file holding at least one certificate (`--etcd-ca`,
+/// `--etcd-cert`, `--tls-cert`).
+pub fn cert_file(s: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(s);
+    let pem = read(&path)?;
+    let mut certs = 0;
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        cert.map_err(|e| format!("not a valid PEM file: {e}"))?;
+        certs += 1;
+    }
+    if certs == 0 {
+        return Err(
+            "no certificate in it: expected a PEM file with a \"-----BEGIN CERTIFICATE-----\" block"
+                .into(),
+        );
+    }
+    Ok(path)
+}
+
+/// A readable PEM file holding a private key (`--etcd-key`, `--tls-key`).
+pub fn key_file(s: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(s);
+    let pem = read(&path)?;
+    match PrivateKeyDer::from_pem_slice(&pem) {
+        Ok(_) => Ok(path),
+        Err(rustls_pki_types::pem::Error::NoItemsFound) => Err(
+            "no private key in it: expected a PEM file with a \"-----BEGIN PRIVATE KEY-----\" \
+             (or RSA/EC PRIVATE KEY) block"
+                .into(),
+        ),
+        Err(e) => Err(format!("not a valid PEM file: {e}")),
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read it: {e}"))
 }
 
 /// An etcd client URL: `http://host:port` or `https://host:port`.
@@ -254,5 +390,53 @@ mod tests {
             err,
             "error: the following required arguments were not provided: --id <ID>"
         );
+    }
+
+    fn parse_pw(args: &[&str], password: Option<&str>) -> Result<Args, String> {
+        Args::try_parse_with_password(
+            std::iter::once("echo-server").chain(args.iter().copied()),
+            password.map(str::to_owned),
+        )
+        .map_err(|e| one_line(&e))
+    }
+
+    #[test]
+    fn etcd_user_needs_a_password_from_the_environment() {
+        let err = parse_pw(&["--id", "1", "--etcd-user", "game"], None).unwrap_err();
+        assert_eq!(
+            err,
+            "error: --etcd-user game needs its password in the environment variable \
+             ETCD_PASSWORD, which is not set"
+        );
+        let err = parse_pw(&["--id", "1", "--etcd-user", "game"], Some("")).unwrap_err();
+        assert!(err.ends_with("which is empty"), "{err}");
+        let args = parse_pw(&["--id", "1", "--etcd-user", "game"], Some("hunter2")).unwrap();
+        assert!(!format!("{args:?}").contains("hunter2"));
+        assert!(!format!("{:?}", args.clone().into_config()).contains("hunter2"));
+        let err = parse(&["--id", "1", "--etcd-password", "x"]).unwrap_err();
+        assert!(
+            err.starts_with("error: unexpected argument '--etcd-password'"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn pem_files_are_checked_when_parsing() {
+        let err = parse(&["--id", "1", "--etcd-ca", "/nonexistent/ca.pem"]).unwrap_err();
+        assert_eq!(
+            err,
+            "error: invalid value '/nonexistent/ca.pem' for '--etcd-ca <PEM>': cannot read it: \
+             No such file or directory (os error 2)"
+        );
+        let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        let err = parse(&["--id", "1", "--etcd-ca", manifest]).unwrap_err();
+        assert!(
+            err.ends_with(
+                "no certificate in it: expected a PEM file with a \"-----BEGIN CERTIFICATE-----\" block"
+            ),
+            "{err}"
+        );
+        let err = parse(&["--id", "1", "--etcd-key", manifest]).unwrap_err();
+        assert!(err.contains("no private key in it"), "{err}");
     }
 }

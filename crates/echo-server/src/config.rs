@@ -1,6 +1,6 @@
 //! [`Config`]: every setting of a server, with its defaults in one place.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
 /// Default etcd endpoint, the same as the seed's and `etcdctl`'s.
 pub const DEFAULT_ETCD_ENDPOINT: &str = "http://127.0.0.1:2379";
@@ -18,6 +18,10 @@ pub const DEFAULT_ETCD_ENDPOINT: &str = "http://127.0.0.1:2379";
 /// | `ttl` | 60 s (at least 2 s) | `--ttl` |
 /// | `drain` | 1 s | `--drain` |
 /// | `shutdown_timeout` | 10 s | `--shutdown-timeout` |
+/// | `etcd_ca` | none (plain `http://`) | `--etcd-ca` |
+/// | `etcd_client_cert` | none | `--etcd-cert` and `--etcd-key` |
+/// | `etcd_auth` | none | `--etcd-user`, password from env `ETCD_PASSWORD` |
+/// | `tls` | none (plaintext gRPC) | `--tls-cert` and `--tls-key` |
 /// | `connect_timeout` | 5 s (no flag) | |
 ///
 /// The key registered is `discovery/<env>/<service>/<bound address>` and its
@@ -44,9 +48,58 @@ pub struct Config {
     pub drain: Duration,
     /// How long in-flight calls may take to finish once stopping.
     pub shutdown_timeout: Duration,
+    /// etcd TLS: the PEM file of the CA that signed etcd's certificate;
+    /// the endpoints must then be `https://`.
+    pub etcd_ca: Option<PathBuf>,
+    /// etcd TLS: the PEM files of a client certificate and its key, for an
+    /// etcd started with `--client-cert-auth`; needs [`etcd_ca`](Self::etcd_ca).
+    pub etcd_client_cert: Option<(PathBuf, PathBuf)>,
+    /// etcd user and password, for an etcd with authentication enabled.
+    pub etcd_auth: Option<EtcdAuth>,
+    /// gRPC TLS: the PEM files of the server's certificate chain and its
+    /// private key; `None` serves plaintext HTTP/2.
+    pub tls: Option<(PathBuf, PathBuf)>,
     /// How long the first registration may take before the server gives up
     /// (etcd down at start).
     pub connect_timeout: Duration,
+}
+
+/// An etcd user and its password. `Debug` never shows the password.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EtcdAuth {
+    /// The user name.
+    pub user: String,
+    /// Its password.
+    pub password: Password,
+}
+
+/// A password: kept out of `Debug` output (shown as `<redacted>`) and
+/// without `Display`, so that it is not logged by mistake.
+///
+/// ```
+/// let p = echo_server::Password::new("hunter2");
+/// assert_eq!(format!("{p:?}"), "<redacted>");
+/// assert_eq!(p.expose(), "hunter2");
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(String);
+
+impl Password {
+    /// Wraps `password`.
+    pub fn new(password: impl Into<String>) -> Self {
+        Self(password.into())
+    }
+
+    /// The password itself, to hand to the etcd client.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 impl Config {
@@ -61,6 +114,10 @@ impl Config {
             ttl: Duration::from_secs(60),
             drain: Duration::from_secs(1),
             shutdown_timeout: Duration::from_secs(10),
+            etcd_ca: None,
+            etcd_client_cert: None,
+            etcd_auth: None,
+            tls: None,
             connect_timeout: Duration::from_secs(5),
         }
     }

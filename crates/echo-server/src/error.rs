@@ -8,6 +8,8 @@ use std::fmt;
 pub enum ErrorKind {
     /// The listen address could not be bound.
     Bind,
+    /// The gRPC TLS certificate or key cannot be used.
+    Tls,
     /// The first registration in etcd failed (etcd down, invalid settings).
     Register,
     /// The gRPC server stopped with an error.

@@ -61,7 +61,7 @@ mod service;
 
 pub mod cli;
 
-pub use config::{Config, DEFAULT_ETCD_ENDPOINT};
+pub use config::{Config, DEFAULT_ETCD_ENDPOINT, EtcdAuth, Password};
 pub use error::{Error, ErrorKind};
-pub use server::{Server, run};
+pub use server::{Server, run, tls_config};
 pub use service::{EchoService, ReplyStream};

@@ -1,11 +1,11 @@
 //! [`Server`]: bind, serve, register, and the drain sequence.
 
-use std::{future::Future, net::SocketAddr};
+use std::{future::Future, net::SocketAddr, path::Path};
 
 use echo_proto::echo_server::EchoServer;
-use registry::Registration;
+use registry::{EtcdTls, Registration};
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Identity, ServerTlsConfig, server::TcpIncoming};
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
@@ -20,11 +20,17 @@ pub struct Server {
     config: Config,
     listener: TcpListener,
     addr: SocketAddr,
+    tls: Option<ServerTlsConfig>,
 }
 
 impl Server {
-    /// Binds `config.addr`.
+    /// Reads the TLS certificate and key, if any ([`tls_config`]), and binds
+    /// `config.addr`.
     pub async fn bind(config: Config) -> Result<Self, Error> {
+        let tls = match &config.tls {
+            Some((cert, key)) => Some(tls_config(cert, key)?),
+            None => None,
+        };
         let listener = TcpListener::bind(config.addr).await.map_err(|e| {
             Error::new(
                 ErrorKind::Bind,
@@ -41,6 +47,7 @@ impl Server {
             config,
             listener,
             addr,
+            tls,
         })
     }
 
@@ -68,6 +75,7 @@ impl Server {
             config,
             listener,
             addr,
+            tls,
         } = self;
         let prefix = config.prefix();
 
@@ -89,7 +97,13 @@ impl Server {
             .map_err(reflection)?;
 
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let router = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls).map_err(|e| {
+                Error::new(ErrorKind::Tls, format!("cannot set up TLS: {}", chain(&e)))
+            })?;
+        }
+        let router = builder
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -100,14 +114,31 @@ impl Server {
                 let _ = stop_rx.await;
             },
         ));
-        info!(id = %config.id, "listening on {addr}");
+        info!(id = %config.id, tls = config.tls.is_some(), "listening on {addr}");
 
-        let registration = Registration::new(prefix.as_str(), addr.to_string())
+        let mut registration = Registration::new(prefix.as_str(), addr.to_string())
             .etcd_endpoints(config.etcd.iter().cloned())
             .instance_id(config.id.as_str())
             .ttl(config.ttl)
-            .connect_timeout(config.connect_timeout)
-            .register();
+            .connect_timeout(config.connect_timeout);
+        if let Some(ca) = &config.etcd_ca {
+            let mut tls = EtcdTls::ca_file(ca);
+            if let Some((cert, key)) = &config.etcd_client_cert {
+                tls = tls.client_cert_files(cert, key);
+            }
+            registration = registration.etcd_tls(tls);
+        } else if config.etcd_client_cert.is_some() {
+            serving.abort();
+            return Err(Error::new(
+                ErrorKind::Register,
+                "an etcd client certificate needs the CA that signed etcd's certificate too \
+                 (--etcd-ca)",
+            ));
+        }
+        if let Some(auth) = &config.etcd_auth {
+            registration = registration.etcd_auth(auth.user.as_str(), auth.password.expose());
+        }
+        let registration = registration.register();
         tokio::pin!(shutdown);
         let registered = tokio::select! {
             registered = registration => registered.map_err(|e| {
@@ -173,6 +204,58 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// The TLS settings of a server whose certificate chain and private key are
+/// in the PEM files `cert` and `key`; fails with [`ErrorKind::Tls`] and a
+/// message naming the file when one cannot be read or they cannot be used
+/// together (e.g. the key is not the certificate's).
+pub fn tls_config(cert: &Path, key: &Path) -> Result<ServerTlsConfig, Error> {
+    let read = |what: &str, path: &Path| {
+        std::fs::read(path).map_err(|e| {
+            Error::new(
+                ErrorKind::Tls,
+                format!(
+                    "cannot read the TLS {what} file {:?}: {e}",
+                    path.display().to_string()
+                ),
+            )
+        })
+    };
+    let config = ServerTlsConfig::new().identity(Identity::from_pem(
+        read("certificate", cert)?,
+        read("key", key)?,
+    ));
+    // Builds the rustls configuration once, to check the pair now.
+    tonic::transport::Server::builder()
+        .tls_config(config.clone())
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Tls,
+                format!(
+                    "the TLS certificate {:?} and key {:?} cannot be used together: {}",
+                    cert.display().to_string(),
+                    key.display().to_string(),
+                    chain(&e)
+                ),
+            )
+        })?;
+    Ok(config)
+}
+
+/// An error and its sources on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let shown = s.to_string();
+        if !text.contains(&shown) {
+            text.push_str(": ");
+            text.push_str(&shown);
+        }
+        source = s.source();
+    }
+    text
 }
 
 /// Binds, serves, registers and drains: [`Server::bind`] then
