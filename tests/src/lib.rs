@@ -17,6 +17,7 @@ use std::{
 
 pub use etcd_provision::EtcdProcess;
 
+pub mod pki;
 pub mod process;
 
 /// Client URLs of the etcd shared by all tests of this binary.

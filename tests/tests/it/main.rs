@@ -2,4 +2,5 @@
 
 mod echo;
 mod etcd;
+mod security;
 mod server;
