@@ -3,7 +3,7 @@
 //! wrong ones fail with a message that says what is wrong (at once when
 //! retrying cannot help).
 
-mod support;
+use integration_tests::pki as support;
 
 use std::time::{Duration, Instant};
 

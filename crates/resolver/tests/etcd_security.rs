@@ -3,8 +3,7 @@
 //! same settings is found; wrong settings fail `connect` with a message that
 //! says what is wrong.
 
-#[path = "../../registry/tests/support/mod.rs"]
-mod support;
+use integration_tests::pki as support;
 
 use std::time::Duration;
 
