@@ -69,7 +69,7 @@ pub struct Args {
     #[arg(long, default_value = "1s", value_parser = duration)]
     pub interval: Duration,
     /// Stop after this many calls (default: run until killed).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..), conflicts_with = "concurrency")]
+    #[arg(long, value_parser = count, conflicts_with = "concurrency")]
     pub count: Option<u64>,
     /// What a sticky call does when its instance is unavailable: go round
     /// robin (rr) or fail (fail).
@@ -262,6 +262,14 @@ pub fn duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{e}: expected a duration such as 200ms, 1s or 2m"))
 }
 
+fn count(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<u64>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err("expected a whole number of calls, at least 1".into()),
+    }
+}
+
 fn positive_duration(s: &str) -> Result<Duration, String> {
     let d = duration(s)?;
     if d.is_zero() {
@@ -373,6 +381,20 @@ mod tests {
         assert_eq!(
             err,
             "error: invalid value '0' for '--concurrency <CONCURRENCY>': 0 is not in 1..10000"
+        );
+    }
+
+    #[test]
+    fn count_must_be_at_least_one() {
+        let err = parse(&["--count", "0"]).unwrap_err();
+        assert_eq!(
+            err,
+            "error: invalid value '0' for '--count <COUNT>': must be at least 1"
+        );
+        let err = parse(&["--count", "many"]).unwrap_err();
+        assert!(
+            err.ends_with("expected a whole number of calls, at least 1"),
+            "{err}"
         );
     }
 

@@ -35,6 +35,8 @@
 //! ```text
 //! echo-client [--id <ID>] [--env dev] [--service game] [--etcd URL]...
 //!             [--message hi] [--interval 1s] [--count N] [--fallback rr|fail]
+//!             [--etcd-ca PEM [--etcd-cert PEM --etcd-key PEM]] [--etcd-user USER]
+//!             [--tls-ca PEM [--tls-domain NAME]]
 //! echo-client --concurrency C --duration D [same options]
 //! ```
 //!
@@ -48,17 +50,33 @@
 //! | `--count` | unlimited | number of calls, then exit 0 |
 //! | `--fallback` | `rr` | sticky call to an unavailable instance: `rr` (round robin) or `fail` |
 //! | `--concurrency`, `--duration` | off | load mode (both required) |
+//! | `--etcd-ca` | none | PEM file of the CA that signed etcd's certificate; endpoints `https://` |
+//! | `--etcd-cert`, `--etcd-key` | none | client certificate and key PEM files (etcd `--client-cert-auth`); both, with `--etcd-ca` |
+//! | `--etcd-user` | none | etcd user; the password comes from env `ETCD_PASSWORD` only (no flag, never logged) |
+//! | `--tls-ca` | none (plaintext) | call the servers over TLS, trusting this CA (PEM) |
+//! | `--tls-domain` | host of each address | the name the servers' certificates must hold (with `--tls-ca`) |
 //!
 //! Each reply is printed on its own line on stdout (`hi (from 1)`). A failed
-//! call prints `error: call failed: <code>: <message>` on stderr and exits 1.
-//! Load mode prints two lines at the end, `per_instance 1=<n> 2=<n>` then
-//! `rps=<n> ok=<n> errs=<n> p50_us=<n> p99_us=<n>` (rps counts answered
-//! calls), and counts failed calls instead of stopping. With no instance
-//! yet, the client logs `waiting for instances of discovery/dev/game` once
-//! and proceeds when one appears; with etcd down it keeps retrying. Each
-//! call is limited to 10 s. Logs go to stderr (`RUST_LOG` respected,
-//! default `info`). A bad flag or value prints one line and exits 2, e.g.
-//! `error: invalid value '0' for '--concurrency <CONCURRENCY>': 0 is not in 1..10000`.
+//! call prints `error: call failed: <code>: <message>` on stderr (followed
+//! by `(<addr>: <why it cannot be used>)` for instances that are not
+//! connected) and exits 1. Load mode prints two lines at the end,
+//! `per_instance 1=<n> 2=<n>` then `rps=<n> ok=<n> errs=<n> p50_us=<n>
+//! p99_us=<n>` (rps counts answered calls), and counts failed calls instead
+//! of stopping. With no instance yet, the client logs `waiting for
+//! instances of discovery/dev/game` once and proceeds when one appears;
+//! meanwhile it logs, once per instance and reason, why an instance it found
+//! cannot be used, e.g. `cannot use instance 127.0.0.1:41234 (id 1): the
+//! server answered with TLS; this client is configured for plaintext (set a
+//! TLS CA) (the server serves TLS: give the CA that signed its certificate
+//! with --tls-ca)`. With etcd down it keeps retrying (with `--etcd-user` it
+//! exits 1: a token is needed first); TLS settings or a user etcd rejects
+//! end it at once with `error: cannot resolve <prefix> from etcd at <urls>:
+//! …` and exit code 1. Each call is limited to 10 s. Logs go to stderr
+//! (`RUST_LOG` respected, default `info`). A bad flag or value prints one
+//! line and exits 2, e.g. `error: invalid value '0' for '--concurrency
+//! <CONCURRENCY>': 0 is not in 1..10000`; PEM files are read and checked
+//! while parsing, and `--etcd-user` without `ETCD_PASSWORD` is a usage
+//! error too. `docs/bad-input.md` lists every message.
 
 mod client;
 mod load;

@@ -70,7 +70,7 @@ pub struct Args {
     pub etcd: Vec<String>,
     /// Address to listen on (port 0: any free port); the bound address is
     /// registered.
-    #[arg(long, default_value = "127.0.0.1:0")]
+    #[arg(long, default_value = "127.0.0.1:0", value_parser = listen_addr)]
     pub addr: SocketAddr,
     /// Lease TTL: how long the key outlives a crashed server (at least 2s).
     #[arg(long, default_value = "60s", value_parser = ttl)]
@@ -235,6 +235,14 @@ fn key_segment(s: &str) -> Result<String, String> {
     }
 }
 
+/// A listen address: an IP address and a port, `127.0.0.1:0`, `[::1]:50051`.
+pub fn listen_addr(s: &str) -> Result<SocketAddr, String> {
+    s.trim().parse().map_err(|_| {
+        "expected an IP address and a port, such as 127.0.0.1:50051, 0.0.0.0:0 or [::1]:50051"
+            .into()
+    })
+}
+
 /// A humantime duration: `0ms`, `200ms`, `1s`, `2m`.
 pub fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim())
@@ -381,6 +389,18 @@ mod tests {
             err.ends_with("expected a duration such as 200ms, 1s or 2m"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn addr_must_be_an_ip_and_a_port() {
+        let err = parse(&["--id", "1", "--addr", "nope"]).unwrap_err();
+        assert_eq!(
+            err,
+            "error: invalid value 'nope' for '--addr <ADDR>': expected an IP address and a port, \
+             such as 127.0.0.1:50051, 0.0.0.0:0 or [::1]:50051"
+        );
+        assert!(parse(&["--id", "1", "--addr", "127.0.0.1:99999"]).is_err());
+        assert!(parse(&["--id", "1", "--addr", "[::1]:0"]).is_ok());
     }
 
     #[test]

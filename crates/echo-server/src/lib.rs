@@ -33,6 +33,8 @@
 //! ```text
 //! echo-server --id <ID> [--env dev] [--service game] [--etcd URL]...
 //!             [--addr 127.0.0.1:0] [--ttl 60s] [--drain 1s] [--shutdown-timeout 10s]
+//!             [--etcd-ca PEM [--etcd-cert PEM --etcd-key PEM]] [--etcd-user USER]
+//!             [--tls-cert PEM --tls-key PEM]
 //! ```
 //!
 //! | flag | default | meaning |
@@ -44,15 +46,24 @@
 //! | `--ttl` | `60s` (≥ 2s) | lease TTL |
 //! | `--drain` | `1s` | delay between deregistering and stopping |
 //! | `--shutdown-timeout` | `10s` | limit for in-flight calls when stopping |
+//! | `--etcd-ca` | none | PEM file of the CA that signed etcd's certificate; endpoints `https://` |
+//! | `--etcd-cert`, `--etcd-key` | none | client certificate and key PEM files (etcd `--client-cert-auth`); both, with `--etcd-ca` |
+//! | `--etcd-user` | none | etcd user; the password comes from env `ETCD_PASSWORD` only (no flag, never logged) |
+//! | `--tls-cert`, `--tls-key` | none (plaintext) | serve gRPC over TLS (Echo, health and reflection alike) with this certificate chain and key |
 //!
 //! Durations are humantime (`0ms`, `200ms`, `1s`, `2m`). Logs go to stderr
 //! (`RUST_LOG` respected, default `info`); the `listening on <addr>` and
 //! `registered <key>` lines say where the server is. On SIGINT or SIGTERM
 //! it drains as above and exits 0; a second signal exits at once (code 130).
-//! If etcd cannot be reached at start (5 s), it prints
-//! `error: cannot register in etcd at <urls>: …` and exits 1. A bad flag or
-//! value prints one line (`error: invalid value '0' for '--ttl <TTL>': the
-//! lease TTL must be at least 2s`) and exits 2.
+//! If etcd cannot be reached at start (5 s), or rejects the TLS settings or
+//! the user, it prints `error: cannot register <key> in etcd at <urls>: …`
+//! with the reason and what to change, and exits 1. A bad flag or value
+//! prints one line and exits 2: e.g. `error: invalid value '0' for '--ttl
+//! <TTL>': the lease TTL must be at least 2s`; PEM files are read and
+//! checked while parsing (`error: invalid value 'ca.pem' for '--etcd-ca
+//! <PEM>': cannot read it: No such file or directory (os error 2)`), and so
+//! are `--etcd-user` without `ETCD_PASSWORD` and a `--tls-key` that is not
+//! the key of `--tls-cert`. `docs/bad-input.md` lists every message.
 
 mod config;
 mod error;
