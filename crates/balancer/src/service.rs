@@ -340,7 +340,7 @@ impl Shared {
             let error = error.into_error();
             if !retryable {
                 // It may have reached the server: not ours to retry.
-                return Err(error.into());
+                return Err(transport_status(error, &endpoint.shared.endpoint).into());
             }
             if retries >= self.config.max_retries {
                 return Err(Status::unavailable(format!(
@@ -525,6 +525,22 @@ impl Shared {
                 snapshot.failed
             ),
         }
+    }
+}
+
+/// The status of a call that failed in transport. gRPC reports a broken
+/// connection as `UNAVAILABLE` (tonic would say `Unknown`); a stream reset by
+/// the server keeps the code its reason maps to.
+fn transport_status(error: hyper::Error, endpoint: &Endpoint) -> Status {
+    let status = Status::from_error(Box::new(error));
+    if status.code() == tonic::Code::Unknown {
+        Status::unavailable(format!(
+            "connection to {} failed during the call: {}",
+            endpoint.addr(),
+            status.message()
+        ))
+    } else {
+        status
     }
 }
 

@@ -460,3 +460,26 @@ fn tls_config_rejects_pem_without_a_certificate() {
     let error = balancer::TlsConfig::from_pem(b"not a pem").expect_err("no cert");
     assert_eq!(error.to_string(), "CA PEM holds no certificate");
 }
+
+#[tokio::test]
+async fn a_call_in_flight_when_its_server_dies_fails_as_unavailable() {
+    let mut server = TestServer::start("1");
+    let (_, mut client) = ready_balancer(&[&server]).await;
+    let arrived = server.slow_call.clone();
+    let pending = tokio::spawn(async move {
+        client
+            .unary_echo(support::EchoRequest {
+                message: "slow".into(),
+            })
+            .await
+    });
+    arrived.notified().await;
+    server.kill();
+    let status = pending.await.expect("task").expect_err("the server died");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().starts_with("connection to 127.0.0.1:"),
+        "{}",
+        status.message()
+    );
+}

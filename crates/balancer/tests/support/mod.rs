@@ -14,8 +14,9 @@ use std::{
 };
 
 use balancer::{Change, Endpoint};
+pub use echo_proto::EchoRequest;
 use echo_proto::{
-    EchoRequest, EchoResponse,
+    EchoResponse,
     echo_server::{Echo, EchoServer},
 };
 use futures::{Stream, StreamExt as _};
@@ -25,6 +26,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 struct EchoService {
     id: String,
+    slow_call: Arc<tokio::sync::Notify>,
 }
 
 type ReplyStream = Pin<Box<dyn Stream<Item = Result<EchoResponse, Status>> + Send>>;
@@ -35,7 +37,13 @@ impl Echo for EchoService {
         &self,
         req: Request<EchoRequest>,
     ) -> Result<Response<EchoResponse>, Status> {
-        let message = format!("{} (from {})", req.into_inner().message, self.id);
+        let message = req.into_inner().message;
+        if message == "slow" {
+            // Stays in flight until the server dies.
+            self.slow_call.notify_one();
+            std::future::pending::<()>().await;
+        }
+        let message = format!("{message} (from {})", self.id);
         Ok(Response::new(EchoResponse { message }))
     }
 
@@ -71,6 +79,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// TCP connections accepted so far.
     pub connections: Arc<AtomicU64>,
+    /// Notified when a call with message "slow" arrives (it never returns).
+    pub slow_call: Arc<tokio::sync::Notify>,
     runtime: Option<tokio::runtime::Runtime>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     stopped: Option<tokio::sync::oneshot::Receiver<()>>,
@@ -123,7 +133,11 @@ impl TestServer {
             .expect("runtime");
         let connections = Arc::new(AtomicU64::new(0));
         let counter = connections.clone();
-        let service = EchoServer::new(EchoService { id: id.to_string() });
+        let slow_call = Arc::new(tokio::sync::Notify::new());
+        let service = EchoServer::new(EchoService {
+            id: id.to_string(),
+            slow_call: slow_call.clone(),
+        });
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
         runtime.spawn(async move {
@@ -147,6 +161,7 @@ impl TestServer {
             id: id.to_string(),
             addr,
             connections,
+            slow_call,
             runtime: Some(runtime),
             stop: Some(stop_tx),
             stopped: Some(stopped_rx),
