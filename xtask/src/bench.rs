@@ -428,7 +428,6 @@ impl Bench<'_> {
                 continue;
             };
             let ns: String = value
-                .trim()
                 .split_whitespace()
                 .next()
                 .unwrap_or("")
