@@ -1,4 +1,5 @@
-//! Pick cost: round robin at 1 to 10 000 READY endpoints and sticky at 1 000,
+//! Pick cost (choosing the endpoint: snapshot load, counter, index; what
+//! `Balancer::pick_with` does): round robin at 1 to 10 000 READY endpoints and sticky at 1 000,
 //! single-threaded and with 2 threads contending on one balancer.
 //!
 //! Every endpoint is a real HTTP/2 connection made by the balancer itself,
@@ -51,10 +52,14 @@ fn main() {
     for n in SIZES {
         let balancer = runtime.block_on(connect(&server.addrs, n));
         group.bench_with_input(BenchmarkId::new("rr", n), &n, |b, _| {
-            b.iter(|| black_box(balancer.pick(None)))
+            b.iter(|| black_box(balancer.pick_with(None, |e| e.addr().len())))
         });
         group.bench_with_input(BenchmarkId::new("rr_2threads", n), &n, |b, _| {
-            b.iter_custom(|iters| contended(&balancer, iters, |b, _| b.pick(None)))
+            b.iter_custom(|iters| {
+                contended(&balancer, iters, |b, _| {
+                    b.pick_with(None, |e| e.addr().len())
+                })
+            })
         });
         if n == 1_000 {
             let ids: Vec<Sticky> = (0..n).map(|i| Sticky::new(i.to_string())).collect();
@@ -62,13 +67,13 @@ fn main() {
                 let mut i = 0usize;
                 b.iter(|| {
                     i = (i + 1) % ids.len();
-                    black_box(balancer.pick(Some(&ids[i])))
+                    black_box(balancer.pick_with(Some(&ids[i]), |e| e.addr().len()))
                 })
             });
             group.bench_with_input(BenchmarkId::new("sticky_2threads", n), &n, |b, _| {
                 b.iter_custom(|iters| {
                     contended(&balancer, iters, |b, i| {
-                        b.pick(Some(&ids[i as usize % ids.len()]))
+                        b.pick_with(Some(&ids[i as usize % ids.len()]), |e| e.addr().len())
                     })
                 })
             });
@@ -86,7 +91,7 @@ fn main() {
 fn contended(
     balancer: &Balancer,
     iters: u64,
-    pick: impl Fn(&Balancer, u64) -> Option<Endpoint> + Sync,
+    pick: impl Fn(&Balancer, u64) -> Option<usize> + Sync,
 ) -> Duration {
     let barrier = Barrier::new(2);
     std::thread::scope(|s| {

@@ -32,19 +32,38 @@ pub(crate) enum Prepared {
 impl Prepared {
     /// Takes the frames `body` has ready without waiting.
     pub(crate) fn new(mut body: Body) -> Result<Self, Status> {
-        let mut frames = VecDeque::new();
+        // Fast path, every unary call: one data frame, then the end. No
+        // allocation beyond what the encoder made.
+        let first = match body.frame().now_or_never() {
+            Some(Some(Ok(frame))) => frame,
+            Some(Some(Err(status))) => return Err(status),
+            Some(None) => return Ok(Self::Complete(Bytes::new())),
+            None => {
+                return Ok(Self::Streaming(Some(SendBody::streaming(
+                    VecDeque::new(),
+                    Some(body),
+                ))));
+            }
+        };
+        let first = match first.into_data() {
+            Ok(data) => match body.frame().now_or_never() {
+                Some(None) => return Ok(Self::Complete(data)),
+                Some(Some(Err(status))) => return Err(status),
+                Some(Some(Ok(second))) => vec![Frame::data(data), second],
+                None => vec![Frame::data(data)],
+            },
+            Err(not_data) => vec![not_data],
+        };
+        let mut frames: VecDeque<Frame<Bytes>> = first.into();
         loop {
             match body.frame().now_or_never() {
                 Some(Some(Ok(frame))) => frames.push_back(frame),
                 Some(Some(Err(status))) => return Err(status),
-                Some(None) => {
-                    let data = concat(frames);
-                    return Ok(match data {
-                        Some(data) => Self::Complete(data),
-                        // Trailers in a request body: rare, pass them on.
-                        None => Self::Streaming(Some(SendBody::streaming(VecDeque::new(), None))),
-                    });
+                Some(None) if frames.iter().all(Frame::is_data) => {
+                    return Ok(Self::Complete(concat(frames)));
                 }
+                // Trailers in a request body: rare; sent once, as they are.
+                Some(None) => return Ok(Self::Streaming(Some(SendBody::streaming(frames, None)))),
                 None => {
                     return Ok(Self::Streaming(Some(SendBody::streaming(
                         frames,
@@ -76,13 +95,13 @@ impl Prepared {
     }
 }
 
-/// Joins data frames; `None` if a non-data frame (trailers) is among them.
-fn concat(frames: VecDeque<Frame<Bytes>>) -> Option<Bytes> {
-    let mut datas = Vec::with_capacity(frames.len());
-    for frame in frames {
-        datas.push(frame.into_data().ok()?);
-    }
-    Some(match datas.len() {
+/// Joins data frames (the caller checked they all are).
+fn concat(frames: VecDeque<Frame<Bytes>>) -> Bytes {
+    let mut datas: Vec<Bytes> = frames
+        .into_iter()
+        .filter_map(|f| f.into_data().ok())
+        .collect();
+    match datas.len() {
         0 => Bytes::new(),
         1 => datas.pop().unwrap_or_default(),
         _ => {
@@ -92,24 +111,32 @@ fn concat(frames: VecDeque<Frame<Bytes>>) -> Option<Bytes> {
             }
             all.freeze()
         }
-    })
+    }
 }
 
 /// The body handed to hyper: frames already taken, then the rest.
 pub(crate) struct SendBody {
+    /// A complete body's data (no allocation for the common case).
+    data: Option<Bytes>,
     frames: VecDeque<Frame<Bytes>>,
     rest: Option<Body>,
 }
 
 impl SendBody {
     fn complete(data: Bytes) -> Self {
-        let mut frames = VecDeque::with_capacity(1);
-        frames.push_back(Frame::data(data));
-        Self { frames, rest: None }
+        Self {
+            data: Some(data),
+            frames: VecDeque::new(),
+            rest: None,
+        }
     }
 
     fn streaming(frames: VecDeque<Frame<Bytes>>, rest: Option<Body>) -> Self {
-        Self { frames, rest }
+        Self {
+            data: None,
+            frames,
+            rest,
+        }
     }
 }
 
@@ -121,6 +148,9 @@ impl HttpBody for SendBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        if let Some(data) = self.data.take() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
         if let Some(frame) = self.frames.pop_front() {
             return Poll::Ready(Some(Ok(frame)));
         }
@@ -131,16 +161,19 @@ impl HttpBody for SendBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.frames.is_empty() && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+        self.data.is_none()
+            && self.frames.is_empty()
+            && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        let taken: u64 = self
-            .frames
-            .iter()
-            .filter_map(|f| f.data_ref())
-            .map(|d| d.remaining() as u64)
-            .sum();
+        let taken: u64 = self.data.as_ref().map_or(0, |d| d.remaining() as u64)
+            + self
+                .frames
+                .iter()
+                .filter_map(|f| f.data_ref())
+                .map(|d| d.remaining() as u64)
+                .sum::<u64>();
         match &self.rest {
             None => SizeHint::with_exact(taken),
             Some(rest) => {

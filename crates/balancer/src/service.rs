@@ -220,25 +220,34 @@ impl Balancer {
 
     /// Waits until at least `n` endpoints are READY.
     pub async fn wait_for_ready(&self, n: usize) {
-        self.wait_until(|all| {
-            all.iter()
-                .filter(|e| e.state == crate::ConnectivityState::Ready)
-                .count()
-                >= n
-        })
-        .await;
+        let mut changes = self.handle.shared.changed.subscribe();
+        while self.ready_count() < n {
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
     }
 
     /// Picks an endpoint the way a request would (advancing the round
-    /// robin), without sending anything; `None` when no endpoint is READY.
-    /// For benchmarks and diagnostics.
-    pub fn pick(&self, sticky: Option<&Sticky>) -> Option<Endpoint> {
+    /// robin), without sending anything, and returns `f` of it; `None` when
+    /// no endpoint is READY. Nothing is cloned unless `f` does. For
+    /// benchmarks and diagnostics.
+    pub fn pick_with<R>(
+        &self,
+        sticky: Option<&Sticky>,
+        f: impl FnOnce(&Endpoint) -> R,
+    ) -> Option<R> {
         let shared = &self.handle.shared;
         let snapshot = shared.snapshot.load();
         match shared.try_pick(&snapshot, sticky, true) {
-            Picked::Ready(ep) => Some(ep.shared.endpoint.clone()),
+            Picked::Ready(ep) => Some(f(&ep.shared.endpoint)),
             _ => None,
         }
+    }
+
+    /// [`pick_with`](Self::pick_with) returning a copy of the endpoint.
+    pub fn pick(&self, sticky: Option<&Sticky>) -> Option<Endpoint> {
+        self.pick_with(sticky, Endpoint::clone)
     }
 }
 
@@ -289,9 +298,10 @@ impl fmt::Debug for ResponseFuture {
     }
 }
 
-/// The outcome of one pick attempt on a snapshot.
-pub(crate) enum Picked {
-    Ready(ReadyEndpoint),
+/// The outcome of one pick attempt on a snapshot; borrows from it, so a
+/// pick clones nothing until the caller decides to.
+pub(crate) enum Picked<'a> {
+    Ready(&'a ReadyEndpoint),
     Wait(Waiting),
     Fail(Status),
 }
@@ -319,7 +329,7 @@ impl Shared {
                 return Err(Status::internal("request body lost between attempts").into());
             };
             endpoint.shared.picks.fetch_add(1, Ordering::Relaxed);
-            let mut request = http::Request::from_parts(head.clone(), attempt);
+            let mut request = resend(&head, attempt);
             set_origin(&mut request, self.scheme(), &endpoint.shared.authority)?;
             let mut sender = endpoint.sender;
             let mut error = match sender.try_send_request(request).await {
@@ -375,7 +385,7 @@ impl Shared {
     ) -> Result<ReadyEndpoint, Status> {
         // Fast path: one snapshot load, one atomic add, no allocation.
         if let Picked::Ready(endpoint) = self.try_pick(&self.snapshot.load(), sticky, false) {
-            return Ok(endpoint);
+            return Ok(endpoint.clone());
         }
         self.pick_slow(sticky, deadline).await
     }
@@ -394,7 +404,7 @@ impl Shared {
         loop {
             let sticky_expired = Instant::now() >= sticky_until;
             let waiting = match self.try_pick(&self.snapshot.load(), sticky, sticky_expired) {
-                Picked::Ready(endpoint) => return Ok(endpoint),
+                Picked::Ready(endpoint) => return Ok(endpoint.clone()),
                 Picked::Fail(status) => return Err(status),
                 Picked::Wait(waiting) => waiting,
             };
@@ -426,19 +436,19 @@ impl Shared {
         }
     }
 
-    pub(crate) fn try_pick(
+    pub(crate) fn try_pick<'a>(
         &self,
-        snapshot: &Snapshot,
+        snapshot: &'a Snapshot,
         sticky: Option<&Sticky>,
         sticky_expired: bool,
-    ) -> Picked {
+    ) -> Picked<'a> {
         if let Some(sticky) = sticky {
             let slot = snapshot.instances.get(sticky.key().as_ref()).copied();
             match slot {
                 Some(Slot::Ready(i)) => {
                     let endpoint = &snapshot.ready[i];
                     if !endpoint.sender.is_closed() {
-                        return Picked::Ready(endpoint.clone());
+                        return Picked::Ready(endpoint);
                     }
                     if !sticky_expired {
                         return Picked::Wait(Waiting::StickyConnecting);
@@ -487,7 +497,7 @@ impl Shared {
         }
     }
 
-    fn round_robin(&self, snapshot: &Snapshot) -> Option<ReadyEndpoint> {
+    fn round_robin<'a>(&self, snapshot: &'a Snapshot) -> Option<&'a ReadyEndpoint> {
         let n = snapshot.ready.len();
         if n == 0 {
             return None;
@@ -498,7 +508,6 @@ impl Shared {
         (0..n)
             .map(|i| &snapshot.ready[start.wrapping_add(i) % n])
             .find(|endpoint| !endpoint.sender.is_closed())
-            .cloned()
     }
 
     fn describe(
@@ -526,6 +535,17 @@ impl Shared {
             ),
         }
     }
+}
+
+/// A request for one attempt. Extensions stay behind: they are not sent, and
+/// the ones we read (`Sticky`, the deadline) were read already.
+fn resend(head: &http::request::Parts, body: SendBody) -> http::Request<SendBody> {
+    let mut request = http::Request::new(body);
+    *request.method_mut() = head.method.clone();
+    *request.uri_mut() = head.uri.clone();
+    *request.version_mut() = head.version;
+    *request.headers_mut() = head.headers.clone();
+    request
 }
 
 /// The status of a call that failed in transport. gRPC reports a broken

@@ -15,6 +15,7 @@ use futures::{FutureExt as _, Stream, StreamExt as _};
 use tokio::{
     sync::{mpsc, oneshot},
     task::JoinHandle,
+    time::{Duration, Instant},
 };
 
 use crate::{
@@ -87,6 +88,7 @@ pub(crate) struct Owner {
     next_generation: u64,
     discovered: bool,
     dirty: bool,
+    last_publish: Instant,
 }
 
 impl Owner {
@@ -100,6 +102,7 @@ impl Owner {
             next_generation: 0,
             discovered: false,
             dirty: false,
+            last_publish: Instant::now(),
         }
     }
 
@@ -112,8 +115,10 @@ impl Owner {
         let mut discovery_open = true;
         loop {
             let was_open = discovery_open;
+            let publish_at = self.dirty.then(|| self.next_publish());
             tokio::select! {
                 _ = &mut shutdown => break,
+                () = sleep_until_some(publish_at) => {}
                 change = discovery.next(), if discovery_open => match change {
                     Some(change) => {
                         self.apply_change(change);
@@ -140,11 +145,20 @@ impl Owner {
             while let Ok(event) = self.events_rx.try_recv() {
                 self.apply_event(event);
             }
-            if self.dirty {
+            if self.dirty && Instant::now() >= self.next_publish() {
                 self.publish();
             }
         }
         tracing::debug!(balancer = %self.shared.config.name, "balancer dropped; closing connections");
+    }
+
+    /// Publishing costs O(endpoints); while thousands of connections come up
+    /// one by one, publishing after each would be quadratic. So publishes are
+    /// spaced by ~0.2 µs per endpoint (2 ms at 10 000, nothing for a few),
+    /// keeping the owner under about half busy with them.
+    fn next_publish(&self) -> Instant {
+        let spacing = Duration::from_nanos(200 * self.endpoints.len() as u64);
+        self.last_publish + spacing
     }
 
     fn apply_change(&mut self, change: Change) {
@@ -257,6 +271,7 @@ impl Owner {
 
     fn publish(&mut self) {
         self.dirty = false;
+        self.last_publish = Instant::now();
         let mut snapshot = Snapshot {
             discovered: self.discovered,
             ..Snapshot::default()
@@ -280,10 +295,10 @@ impl Owner {
                     Slot::Connecting
                 }
             };
-            if let Some(id) = managed.shared.endpoint.instance_id() {
+            if let Some(id) = &managed.shared.instance {
                 snapshot
                     .instances
-                    .entry(Arc::from(id))
+                    .entry(id.clone())
                     .and_modify(|s| {
                         if slot.rank() > s.rank() {
                             *s = slot;
@@ -294,5 +309,12 @@ impl Owner {
         }
         self.shared.snapshot.store(Arc::new(snapshot));
         self.shared.changed.send_modify(|version| *version += 1);
+    }
+}
+
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

@@ -78,6 +78,8 @@ pub(crate) struct EndpointShared {
     pub(crate) endpoint: Endpoint,
     /// `host:port` as the `:authority` of every request sent to it.
     pub(crate) authority: http::uri::Authority,
+    /// The instance id, shared by every snapshot's index.
+    pub(crate) instance: Option<Arc<str>>,
     state: AtomicU8,
     pub(crate) picks: AtomicU64,
     pub(crate) failures: AtomicU64,
@@ -87,10 +89,12 @@ pub(crate) struct EndpointShared {
 impl EndpointShared {
     pub(crate) fn new(key: String, endpoint: Endpoint) -> Result<Arc<Self>, http::uri::InvalidUri> {
         let authority = endpoint.addr().parse()?;
+        let instance = endpoint.instance_id().map(Arc::from);
         Ok(Arc::new(Self {
             key,
             endpoint,
             authority,
+            instance,
             state: AtomicU8::new(ConnectivityState::Idle.to_u8()),
             picks: AtomicU64::new(0),
             failures: AtomicU64::new(0),
