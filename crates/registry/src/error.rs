@@ -64,7 +64,7 @@ impl Error {
         } else {
             ErrorKind::Etcd
         };
-        Self::new(kind, format!("{doing}: {}", describe(e)))
+        Self::new(kind, format!("{doing}: {}", etcd_security::describe(e)))
     }
 
     pub(crate) fn timeout(doing: &str, after: Duration) -> Self {
@@ -121,31 +121,4 @@ pub(crate) fn is_lease_not_found(e: &etcd_client::Error) -> bool {
         etcd_client::Error::LeaseKeepAliveError(m) => m.contains("lease not found"),
         _ => false,
     }
-}
-
-/// A one-line description of an etcd-client error: etcd's or the
-/// transport's message plus the root cause (e.g. "tcp connect error:
-/// Connection refused (os error 111)"), without tonic's debug dump.
-pub(crate) fn describe(e: &etcd_client::Error) -> String {
-    use std::error::Error as _;
-    let (mut text, mut source) = match e {
-        etcd_client::Error::GRpcStatus(s) if !s.message().is_empty() => {
-            (s.message().to_owned(), s.source())
-        }
-        etcd_client::Error::GRpcStatus(s) => (s.code().description().to_owned(), s.source()),
-        other => (other.to_string(), other.source()),
-    };
-    let mut root = None;
-    while let Some(s) = source {
-        root = Some(s);
-        source = s.source();
-    }
-    if let Some(root) = root {
-        let root = root.to_string();
-        if !text.contains(&root) {
-            text.push_str(": ");
-            text.push_str(&root);
-        }
-    }
-    text
 }

@@ -68,17 +68,16 @@ mod endpoint;
 mod error;
 mod registered;
 mod registration;
-mod security;
 mod task;
 
 pub use endpoint::encode as encode_value;
 pub use error::{Error, ErrorKind};
+pub use etcd_security::EtcdTls;
 pub use registered::{Registered, State};
 pub use registration::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_ETCD_ENDPOINT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_TTL, MIN_TTL,
     Registration,
 };
-pub use security::EtcdTls;
 
 /// The etcd client this crate uses, for [`Registration::client`] and
 /// [`Registration::connect_options`].

@@ -3,13 +3,10 @@
 use std::{fmt, time::Duration};
 
 use etcd_client::{Client, ConnectOptions};
+use etcd_security::{self as security, EtcdAuth, EtcdTls};
 use serde_json::Value;
 
-use crate::{
-    Error, Registered,
-    security::{self, EtcdAuth, EtcdTls},
-    task,
-};
+use crate::{Error, Registered, task};
 
 /// Default etcd endpoint, the same as the seed's and `etcdctl`'s.
 pub const DEFAULT_ETCD_ENDPOINT: &str = "http://127.0.0.1:2379";
@@ -226,13 +223,21 @@ impl Registration {
             }
             Etcd::Client(client) => (task::Connect::Ready(client), None),
             Etcd::Endpoints { endpoints, options } => {
-                let options = security::connect_options(
+                let secured_options = security::connect_options(
                     &endpoints,
-                    options.map(|o| *o),
+                    options.as_deref().cloned().unwrap_or_default(),
+                    options.is_some(),
                     self.tls.as_ref(),
                     self.auth.as_ref(),
                 )
                 .map_err(Error::invalid)?;
+                // Without TLS or a user, keep what the caller gave (None:
+                // etcd-client's defaults).
+                let options = if self.tls.is_none() && self.auth.is_none() {
+                    options.map(|o| *o)
+                } else {
+                    Some(secured_options)
+                };
                 let described = endpoints.join(",");
                 (
                     task::Connect::Endpoints {

@@ -8,6 +8,7 @@ use etcd_client::{
     LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp, WatchOptions, WatchResponse,
     WatchStream,
 };
+use etcd_security::{Secured, describe, diagnose};
 use serde_json::Value;
 use tokio::{
     sync::{mpsc, oneshot, watch},
@@ -19,9 +20,8 @@ use crate::{
     Error, ErrorKind, Registered, State,
     backoff::Backoff,
     endpoint,
-    error::{describe, is_lease_not_found, is_transient},
+    error::{is_lease_not_found, is_transient},
     registration::Config,
-    security::{Secured, diagnose},
 };
 
 /// A session that lived less than this and was lost again counts as a flap:

@@ -4,13 +4,11 @@
 use std::{fmt, time::Duration};
 
 use etcd_client::{Client, ConnectOptions, GetOptions};
+use etcd_security::{self as security, EtcdAuth, EtcdTls, Secured, describe, diagnose};
 use tokio::time::{Instant, sleep, timeout, timeout_at};
 use tracing::warn;
 
-use crate::{
-    Resolver,
-    security::{self, EtcdAuth, EtcdTls, Secured, describe, diagnose},
-};
+use crate::Resolver;
 
 /// Default etcd endpoint, the same as `etcdctl`'s.
 pub const DEFAULT_ETCD_ENDPOINT: &str = "http://127.0.0.1:2379";

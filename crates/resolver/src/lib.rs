@@ -40,8 +40,9 @@ mod backoff;
 mod builder;
 mod resolution;
 mod resolver;
-mod security;
 mod value;
+
+pub use etcd_security::EtcdTls;
 
 pub use crate::{
     backoff::Backoff,
@@ -51,7 +52,6 @@ pub use crate::{
     },
     resolution::Resolution,
     resolver::Resolver,
-    security::EtcdTls,
     value::{DecodeError, Decoded, Entry, decode_value},
 };
 

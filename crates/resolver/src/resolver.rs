@@ -5,13 +5,13 @@ use std::{collections::HashMap, fmt, sync::Arc, time::Duration};
 use etcd_client::{
     Client, ConnectOptions, EventType, GetOptions, KeyValue, WatchOptions, WatchStream,
 };
+use etcd_security::{Secured, describe, diagnose};
 use tokio::time::{Instant, timeout};
 use tracing::{Instrument, debug, info, warn};
 
 use crate::{
     backoff::Backoff,
     resolution::{Resolution, Shared},
-    security::{Secured, describe, diagnose},
     value::{Decoded, Entry, decode_value, shorten},
 };
 

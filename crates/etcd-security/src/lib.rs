@@ -1,7 +1,21 @@
-//! TLS and user/password authentication for the connection to etcd.
+//! TLS and user/password authentication for connections to etcd.
 //!
-//! The same two types exist in the `registry` crate (the two crates must not
-//! depend on each other); keep them in step.
+//! One job: turn [`EtcdTls`] and [`EtcdAuth`] into etcd-client
+//! `ConnectOptions` after checking them against the endpoints
+//! ([`connect_options`]), and explain in one line what an etcd connection
+//! error means ([`describe`], [`diagnose`]). Shared by the `registry` and the
+//! `resolver`, which must not depend on each other. Must not depend on either.
+//!
+//! ```
+//! use etcd_security::{EtcdAuth, EtcdTls, connect_options};
+//!
+//! let tls = EtcdTls::ca_pem("-----BEGIN CERTIFICATE-----\nAA\n-----END CERTIFICATE-----\n");
+//! let auth = EtcdAuth::new("game", "secret");
+//! let endpoints = ["https://127.0.0.1:2379".to_string()];
+//! let options = connect_options(&endpoints, Default::default(), false, Some(&tls), Some(&auth));
+//! assert!(options.is_ok());
+//! assert!(!format!("{auth:?}").contains("secret"));
+//! ```
 
 use std::{
     fmt,
@@ -19,7 +33,7 @@ use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
 /// printed by `Debug`.
 ///
 /// ```
-/// # use resolver::EtcdTls;
+/// # use etcd_security::EtcdTls;
 /// let tls = EtcdTls::ca_file("/etc/etcd/ca.pem")
 ///     .client_cert_files("/etc/etcd/client.pem", "/etc/etcd/client-key.pem")
 ///     .domain("etcd.internal");
@@ -121,7 +135,7 @@ impl EtcdTls {
     }
 
     /// Reads and checks the PEM documents.
-    pub(crate) fn options(&self) -> Result<TlsOptions, String> {
+    fn options(&self) -> Result<TlsOptions, String> {
         let ca = self.ca.load("etcd CA", "CERTIFICATE")?;
         let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(ca));
         if let Some((cert, key)) = &self.identity {
@@ -140,20 +154,22 @@ impl EtcdTls {
 /// (`etcdctl auth enable`). The password is never printed: `Debug` shows
 /// `<redacted>`.
 #[derive(Clone)]
-pub(crate) struct EtcdAuth {
+pub struct EtcdAuth {
     user: String,
     password: String,
 }
 
 impl EtcdAuth {
-    pub(crate) fn new(user: impl Into<String>, password: impl Into<String>) -> Self {
+    /// Authenticates as `user` with `password`.
+    pub fn new(user: impl Into<String>, password: impl Into<String>) -> Self {
         Self {
             user: user.into(),
             password: password.into(),
         }
     }
 
-    pub(crate) fn user(&self) -> &str {
+    /// The user name.
+    pub fn user(&self) -> &str {
         &self.user
     }
 }
@@ -169,13 +185,14 @@ impl fmt::Debug for EtcdAuth {
 
 /// What was configured, to explain connection errors.
 #[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Secured {
+pub struct Secured {
     /// `Some(with a client certificate)` when TLS was configured.
-    pub(crate) tls: Option<bool>,
+    pub tls: Option<bool>,
 }
 
 impl Secured {
-    pub(crate) fn of(tls: Option<&EtcdTls>) -> Self {
+    /// What `tls` configures.
+    pub fn of(tls: Option<&EtcdTls>) -> Self {
         Self {
             tls: tls.map(|t| t.identity.is_some()),
         }
@@ -183,17 +200,18 @@ impl Secured {
 }
 
 /// What an error met while first connecting probably means.
-pub(crate) struct Diagnosis {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Diagnosis {
     /// Retrying cannot help: the settings are wrong.
-    pub(crate) fatal: bool,
+    pub fatal: bool,
     /// Said after the error's own message.
-    pub(crate) hint: &'static str,
+    pub hint: &'static str,
 }
 
 /// Explains a TLS or authentication failure, from the error's text (the
 /// TLS alert etcd sends when it rejects a client certificate does not reach
 /// us: the connection is just closed).
-pub(crate) fn diagnose(message: &str, secured: Secured) -> Option<Diagnosis> {
+pub fn diagnose(message: &str, secured: Secured) -> Option<Diagnosis> {
     let fatal = |hint| Some(Diagnosis { fatal: true, hint });
     let retry = |hint| Some(Diagnosis { fatal: false, hint });
     if message.contains("invalid peer certificate") {
@@ -239,8 +257,10 @@ pub(crate) fn diagnose(message: &str, secured: Secured) -> Option<Diagnosis> {
 }
 
 /// Adds TLS and credentials to `options`, after checking them and the
-/// endpoints' schemes against each other. The message is for a person.
-pub(crate) fn connect_options(
+/// endpoints' schemes against each other. `custom` says the caller built
+/// `options` itself (it may hold TLS settings already, so an `https://`
+/// endpoint without [`EtcdTls`] is accepted). The message is for a person.
+pub fn connect_options(
     endpoints: &[String],
     options: ConnectOptions,
     custom: bool,
@@ -279,7 +299,7 @@ pub(crate) fn connect_options(
     }
     if let Some(auth) = auth {
         // Tokens expire (etcd's --auth-token-ttl, 5 min by default); a
-        // resolution lives longer than that.
+        // registration or a resolution lives longer than that.
         options = options
             .with_user(auth.user.clone(), auth.password.clone())
             .with_auto_token_refresh(true);
@@ -288,8 +308,9 @@ pub(crate) fn connect_options(
 }
 
 /// A one-line description of an etcd-client error: etcd's or the
-/// transport's message plus the root cause, without tonic's debug dump.
-pub(crate) fn describe(e: &etcd_client::Error) -> String {
+/// transport's message plus the root cause (e.g. "tcp connect error:
+/// Connection refused (os error 111)"), without tonic's debug dump.
+pub fn describe(e: &etcd_client::Error) -> String {
     use std::error::Error as _;
     let (mut text, mut source) = match e {
         etcd_client::Error::GRpcStatus(s) if !s.message().is_empty() => {
