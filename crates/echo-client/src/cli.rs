@@ -18,19 +18,17 @@
 //! assert_eq!(err.unwrap_err().exit_code(), 2);
 //! ```
 
-use std::{
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{path::PathBuf, time::Duration};
 
 use balancer::Fallback;
 use clap::{CommandFactory, Parser, ValueEnum};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
+pub use cli_support::{
+    PASSWORD_ENV, cert_file, duration, etcd_url, exit_on_usage_error, key_file, one_line,
+};
+use cli_support::{key_segment, non_empty};
+use rustls_pki_types::ServerName;
 
 use crate::{Config, DEFAULT_ETCD_ENDPOINT, EtcdAuth, Password};
-
-/// The environment variable the etcd password is read from.
-pub const PASSWORD_ENV: &str = "ETCD_PASSWORD";
 
 /// The flags of `echo-client`; see the [module docs](self) for an example.
 #[derive(Clone, Debug, Parser)]
@@ -213,55 +211,6 @@ fn usage_error(message: String) -> clap::Error {
     Args::command().error(clap::error::ErrorKind::ArgumentConflict, message)
 }
 
-/// Prints a clap error as one line on stderr (help and version as they are)
-/// and exits with its code: 2 for usage errors.
-pub fn exit_on_usage_error(e: &clap::Error) -> ! {
-    use clap::error::ErrorKind;
-    if matches!(
-        e.kind(),
-        ErrorKind::DisplayHelp
-            | ErrorKind::DisplayVersion
-            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-    ) {
-        e.exit();
-    }
-    eprintln!("{}", one_line(e));
-    std::process::exit(e.exit_code());
-}
-
-/// The first paragraph of a clap error on one line, without the usage and
-/// the "try --help" footer.
-pub fn one_line(e: &clap::Error) -> String {
-    let text = e.render().to_string();
-    text.lines()
-        .map(str::trim)
-        .take_while(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn non_empty(s: &str) -> Result<String, String> {
-    if s.trim().is_empty() {
-        Err("must not be empty".into())
-    } else {
-        Ok(s.to_owned())
-    }
-}
-
-fn key_segment(s: &str) -> Result<String, String> {
-    if s.is_empty() || s.contains('/') || s.chars().any(char::is_whitespace) {
-        Err("expected a non-empty name without '/' or spaces, such as dev or game".into())
-    } else {
-        Ok(s.to_owned())
-    }
-}
-
-/// A humantime duration: `0ms`, `200ms`, `1s`, `2m`.
-pub fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("{e}: expected a duration such as 200ms, 1s or 2m"))
-}
-
 fn count(s: &str) -> Result<u64, String> {
     match s.trim().parse::<u64>() {
         Ok(0) => Err("must be at least 1".into()),
@@ -279,51 +228,13 @@ fn positive_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
-/// A readable PEM file holding at least one certificate (`--etcd-ca`,
-/// `--etcd-cert`).
-pub fn cert_file(s: &str) -> Result<PathBuf, String> {
-    let path = PathBuf::from(s);
-    let pem = read(&path)?;
-    let mut certs = 0;
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        cert.map_err(|e| format!("not a valid PEM file: {e}"))?;
-        certs += 1;
-    }
-    if certs == 0 {
-        return Err(
-            "no certificate in it: expected a PEM file with a \"-----BEGIN CERTIFICATE-----\" block"
-                .into(),
-        );
-    }
-    Ok(path)
-}
-
 /// [`cert_file`] whose certificates rustls accepts as trust anchors
 /// (`--tls-ca`).
 pub fn tls_ca_file(s: &str) -> Result<PathBuf, String> {
     let path = cert_file(s)?;
-    let pem = read(&path)?;
+    let pem = std::fs::read(&path).map_err(|e| format!("cannot read it: {e}"))?;
     balancer::TlsConfig::from_pem(&pem).map_err(|e| e.to_string())?;
     Ok(path)
-}
-
-/// A readable PEM file holding a private key (`--etcd-key`).
-pub fn key_file(s: &str) -> Result<PathBuf, String> {
-    let path = PathBuf::from(s);
-    let pem = read(&path)?;
-    match PrivateKeyDer::from_pem_slice(&pem) {
-        Ok(_) => Ok(path),
-        Err(rustls_pki_types::pem::Error::NoItemsFound) => Err(
-            "no private key in it: expected a PEM file with a \"-----BEGIN PRIVATE KEY-----\" \
-             (or RSA/EC PRIVATE KEY) block"
-                .into(),
-        ),
-        Err(e) => Err(format!("not a valid PEM file: {e}")),
-    }
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("cannot read it: {e}"))
 }
 
 /// A TLS server name: a DNS name or an IP address (`--tls-domain`).
@@ -331,30 +242,6 @@ pub fn tls_domain(s: &str) -> Result<String, String> {
     ServerName::try_from(s)
         .map(|_| s.to_owned())
         .map_err(|_| "expected a DNS name or an IP address, such as echo.internal".into())
-}
-
-/// An etcd client URL: `http://host:port` or `https://host:port`.
-pub fn etcd_url(s: &str) -> Result<String, String> {
-    let bad = || format!("not an etcd URL: expected one such as {DEFAULT_ETCD_ENDPOINT}");
-    let s = s.trim();
-    let rest = s
-        .strip_prefix("http://")
-        .or_else(|| s.strip_prefix("https://"))
-        .ok_or_else(bad)?;
-    let authority = rest.strip_suffix('/').unwrap_or(rest);
-    if authority.is_empty() || authority.contains(['/', '?', '#', ' ', '@']) {
-        return Err(bad());
-    }
-    // host, host:port, [v6]:port
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, _)) if !h.ends_with(']') && h.contains(':') => (authority, None),
-        Some((h, p)) => (h, Some(p)),
-        None => (authority, None),
-    };
-    if host.is_empty() || port.is_some_and(|p| p.parse::<u16>().is_err()) {
-        return Err(bad());
-    }
-    Ok(s.to_owned())
 }
 
 #[cfg(test)]

@@ -20,23 +20,19 @@
 //! assert_eq!(err.exit_code(), 2);
 //! ```
 
-use std::{
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{CommandFactory, Parser};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+pub use cli_support::{
+    PASSWORD_ENV, cert_file, duration, etcd_url, exit_on_usage_error, key_file, one_line,
+};
+use cli_support::{key_segment, non_empty};
 
 use crate::{Config, EtcdAuth, Password};
 
 /// Smallest accepted `--ttl` (etcd leases are whole seconds; the registry
 /// wants at least 2 s so that a keepalive fits in).
 pub const MIN_TTL: Duration = registry::MIN_TTL;
-
-/// The environment variable the etcd password is read from.
-pub const PASSWORD_ENV: &str = "ETCD_PASSWORD";
 
 /// The flags of `echo-server`; see the [module docs](self) for an example.
 #[derive(Clone, Debug, Parser)]
@@ -192,61 +188,12 @@ fn usage_error(message: String) -> clap::Error {
     Args::command().error(clap::error::ErrorKind::ArgumentConflict, message)
 }
 
-/// Prints a clap error as one line on stderr (help and version as they are)
-/// and exits with its code: 2 for usage errors.
-pub fn exit_on_usage_error(e: &clap::Error) -> ! {
-    use clap::error::ErrorKind;
-    if matches!(
-        e.kind(),
-        ErrorKind::DisplayHelp
-            | ErrorKind::DisplayVersion
-            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-    ) {
-        e.exit();
-    }
-    eprintln!("{}", one_line(e));
-    std::process::exit(e.exit_code());
-}
-
-/// The first paragraph of a clap error on one line, without the usage and
-/// the "try --help" footer.
-pub fn one_line(e: &clap::Error) -> String {
-    let text = e.render().to_string();
-    text.lines()
-        .map(str::trim)
-        .take_while(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn non_empty(s: &str) -> Result<String, String> {
-    if s.trim().is_empty() {
-        Err("must not be empty".into())
-    } else {
-        Ok(s.to_owned())
-    }
-}
-
-fn key_segment(s: &str) -> Result<String, String> {
-    if s.is_empty() || s.contains('/') || s.chars().any(char::is_whitespace) {
-        Err("expected a non-empty name without '/' or spaces, such as dev or game".into())
-    } else {
-        Ok(s.to_owned())
-    }
-}
-
 /// A listen address: an IP address and a port, `127.0.0.1:0`, `[::1]:50051`.
 pub fn listen_addr(s: &str) -> Result<SocketAddr, String> {
     s.trim().parse().map_err(|_| {
         "expected an IP address and a port, such as 127.0.0.1:50051, 0.0.0.0:0 or [::1]:50051"
             .into()
     })
-}
-
-/// A humantime duration: `0ms`, `200ms`, `1s`, `2m`.
-pub fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("{e}: expected a duration such as 200ms, 1s or 2m"))
 }
 
 fn ttl(s: &str) -> Result<Duration, String> {
@@ -259,73 +206,6 @@ fn ttl(s: &str) -> Result<Duration, String> {
     } else {
         Ok(ttl)
     }
-}
-
-/// A readable PEM file holding at least one certificate (`--etcd-ca`,
-/// `--etcd-cert`, `--tls-cert`).
-pub fn cert_file(s: &str) -> Result<PathBuf, String> {
-    let path = PathBuf::from(s);
-    let pem = read(&path)?;
-    let mut certs = 0;
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        cert.map_err(|e| format!("not a valid PEM file: {e}"))?;
-        certs += 1;
-    }
-    if certs == 0 {
-        return Err(
-            "no certificate in it: expected a PEM file with a \"-----BEGIN CERTIFICATE-----\" block"
-                .into(),
-        );
-    }
-    Ok(path)
-}
-
-/// A readable PEM file holding a private key (`--etcd-key`, `--tls-key`).
-pub fn key_file(s: &str) -> Result<PathBuf, String> {
-    let path = PathBuf::from(s);
-    let pem = read(&path)?;
-    match PrivateKeyDer::from_pem_slice(&pem) {
-        Ok(_) => Ok(path),
-        Err(rustls_pki_types::pem::Error::NoItemsFound) => Err(
-            "no private key in it: expected a PEM file with a \"-----BEGIN PRIVATE KEY-----\" \
-             (or RSA/EC PRIVATE KEY) block"
-                .into(),
-        ),
-        Err(e) => Err(format!("not a valid PEM file: {e}")),
-    }
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("cannot read it: {e}"))
-}
-
-/// An etcd client URL: `http://host:port` or `https://host:port`.
-pub fn etcd_url(s: &str) -> Result<String, String> {
-    let bad = || {
-        format!(
-            "not an etcd URL: expected one such as {}",
-            crate::DEFAULT_ETCD_ENDPOINT
-        )
-    };
-    let s = s.trim();
-    let rest = s
-        .strip_prefix("http://")
-        .or_else(|| s.strip_prefix("https://"))
-        .ok_or_else(bad)?;
-    let authority = rest.strip_suffix('/').unwrap_or(rest);
-    if authority.is_empty() || authority.contains(['/', '?', '#', ' ', '@']) {
-        return Err(bad());
-    }
-    // host, host:port, [v6]:port
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, _)) if !h.ends_with(']') && h.contains(':') => (authority, None),
-        Some((h, p)) => (h, Some(p)),
-        None => (authority, None),
-    };
-    if host.is_empty() || port.is_some_and(|p| p.parse::<u16>().is_err()) {
-        return Err(bad());
-    }
-    Ok(s.to_owned())
 }
 
 #[cfg(test)]

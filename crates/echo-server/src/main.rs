@@ -1,21 +1,14 @@
 //! `echo-server` binary: parses flags, sets up logging and signals, and runs
 //! [`echo_server::run`]. See the crate docs for the flags.
 
-use std::{io::IsTerminal, process::ExitCode};
+use std::process::ExitCode;
 
 use echo_server::cli::Args;
 use tokio::signal::unix::{SignalKind, signal};
-use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let args = Args::parse_or_exit();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    cli_support::init_logging();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

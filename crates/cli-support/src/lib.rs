@@ -1,0 +1,149 @@
+//! What the `echo-server` and `echo-client` command lines share: value
+//! parsers for clap (durations, etcd URLs, PEM files, key segments), usage
+//! errors printed as one line with exit code 2, and the logging setup.
+//!
+//! One job: keep the two binaries' flags behaving and failing alike. Must
+//! not depend on etcd, tonic or the other crates of this workspace.
+//!
+//! ```
+//! assert_eq!(cli_support::duration("200ms"), Ok(std::time::Duration::from_millis(200)));
+//! assert!(cli_support::etcd_url("not-a-url").is_err());
+//! assert_eq!(cli_support::key_segment("dev"), Ok("dev".to_string()));
+//! ```
+
+use std::{
+    io::IsTerminal as _,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use tracing_subscriber::EnvFilter;
+
+/// The environment variable the etcd password is read from (never a flag).
+pub const PASSWORD_ENV: &str = "ETCD_PASSWORD";
+
+/// Logs with `tracing` to stderr, at `RUST_LOG` or `info`, colored only on a
+/// terminal.
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+/// Prints a clap error as one line on stderr (help and version as they are)
+/// and exits with its code: 2 for usage errors.
+pub fn exit_on_usage_error(e: &clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    eprintln!("{}", one_line(e));
+    std::process::exit(e.exit_code());
+}
+
+/// The first paragraph of a clap error on one line, without the usage and
+/// the "try --help" footer.
+pub fn one_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    text.lines()
+        .map(str::trim)
+        .take_while(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A value that is not blank.
+pub fn non_empty(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(s.to_owned())
+    }
+}
+
+/// One segment of an etcd key (`--env`, `--service`): no `/`, no spaces.
+pub fn key_segment(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.contains('/') || s.chars().any(char::is_whitespace) {
+        Err("expected a non-empty name without '/' or spaces, such as dev or game".into())
+    } else {
+        Ok(s.to_owned())
+    }
+}
+
+/// A humantime duration: `0ms`, `200ms`, `1s`, `2m`.
+pub fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{e}: expected a duration such as 200ms, 1s or 2m"))
+}
+
+/// A readable PEM file holding at least one certificate (`--etcd-ca`,
+/// `--etcd-cert`, `--tls-cert`, `--tls-ca`).
+pub fn cert_file(s: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(s);
+    let pem = read(&path)?;
+    let mut certs = 0;
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        cert.map_err(|e| format!("not a valid PEM file: {e}"))?;
+        certs += 1;
+    }
+    if certs == 0 {
+        return Err(
+            "no certificate in it: expected a PEM file with a \"-----BEGIN CERTIFICATE-----\" block"
+                .into(),
+        );
+    }
+    Ok(path)
+}
+
+/// A readable PEM file holding a private key (`--etcd-key`, `--tls-key`).
+pub fn key_file(s: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(s);
+    let pem = read(&path)?;
+    match PrivateKeyDer::from_pem_slice(&pem) {
+        Ok(_) => Ok(path),
+        Err(rustls_pki_types::pem::Error::NoItemsFound) => Err(
+            "no private key in it: expected a PEM file with a \"-----BEGIN PRIVATE KEY-----\" \
+             (or RSA/EC PRIVATE KEY) block"
+                .into(),
+        ),
+        Err(e) => Err(format!("not a valid PEM file: {e}")),
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read it: {e}"))
+}
+
+/// An etcd client URL: `http://host:port` or `https://host:port`.
+pub fn etcd_url(s: &str) -> Result<String, String> {
+    let bad = || "not an etcd URL: expected one such as http://127.0.0.1:2379".to_string();
+    let s = s.trim();
+    let rest = s
+        .strip_prefix("http://")
+        .or_else(|| s.strip_prefix("https://"))
+        .ok_or_else(bad)?;
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.is_empty() || authority.contains(['/', '?', '#', ' ', '@']) {
+        return Err(bad());
+    }
+    // host, host:port, [v6]:port
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, _)) if !h.ends_with(']') && h.contains(':') => (authority, None),
+        Some((h, p)) => (h, Some(p)),
+        None => (authority, None),
+    };
+    if host.is_empty() || port.is_some_and(|p| p.parse::<u16>().is_err()) {
+        return Err(bad());
+    }
+    Ok(s.to_owned())
+}
