@@ -12,6 +12,7 @@
 //! ```
 
 use std::{
+    fmt,
     io::IsTerminal as _,
     path::{Path, PathBuf},
     time::Duration,
@@ -22,6 +23,81 @@ use tracing_subscriber::EnvFilter;
 
 /// The environment variable the etcd password is read from (never a flag).
 pub const PASSWORD_ENV: &str = "ETCD_PASSWORD";
+
+/// An etcd user and its password. `Debug` never shows the password.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EtcdAuth {
+    /// The user name.
+    pub user: String,
+    /// Its password.
+    pub password: Password,
+}
+
+/// A password: kept out of `Debug` output (shown as `<redacted>`) and
+/// without `Display`, so that it is not logged by mistake.
+///
+/// ```
+/// let p = cli_support::Password::new("hunter2");
+/// assert_eq!(format!("{p:?}"), "<redacted>");
+/// assert_eq!(p.expose(), "hunter2");
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(String);
+
+impl Password {
+    /// Wraps `password`.
+    pub fn new(password: impl Into<String>) -> Self {
+        Self(password.into())
+    }
+
+    /// The password itself, to hand to the etcd client.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The value of [`PASSWORD_ENV`]; `Err` with a message when it is not
+/// UTF-8.
+pub fn password_from_env() -> Result<Option<String>, String> {
+    match std::env::var_os(PASSWORD_ENV).map(std::ffi::OsString::into_string) {
+        None => Ok(None),
+        Some(Ok(password)) => Ok(Some(password)),
+        Some(Err(_)) => Err(format!("{PASSWORD_ENV} is not valid UTF-8")),
+    }
+}
+
+/// The password of `--etcd-user`, from `password` (the value of
+/// [`PASSWORD_ENV`]): a user without a password, or with an empty one, is a
+/// usage error (the message says which); a password without a user is
+/// ignored.
+pub fn etcd_password(
+    user: Option<&str>,
+    password: Option<String>,
+) -> Result<Option<Password>, String> {
+    let Some(user) = user else {
+        return Ok(None);
+    };
+    let state = match password {
+        Some(p) if !p.is_empty() => return Ok(Some(Password::new(p))),
+        Some(_) => "empty",
+        None => "not set",
+    };
+    Err(format!(
+        "--etcd-user {user} needs its password in the environment variable {PASSWORD_ENV}, \
+         which is {state}"
+    ))
+}
+
+/// A usage error of `command` (exit code 2), shown as `error: <message>`.
+pub fn usage_error(mut command: clap::Command, message: impl fmt::Display) -> clap::Error {
+    command.error(clap::error::ErrorKind::ArgumentConflict, message)
+}
 
 /// Logs with `tracing` to stderr, at `RUST_LOG` or `info`, colored only on a
 /// terminal.

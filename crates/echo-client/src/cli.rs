@@ -22,13 +22,13 @@ use std::{path::PathBuf, time::Duration};
 
 use balancer::Fallback;
 use clap::{CommandFactory, Parser, ValueEnum};
+use cli_support::{EtcdAuth, Password, key_segment, non_empty};
 pub use cli_support::{
     PASSWORD_ENV, cert_file, duration, etcd_url, exit_on_usage_error, key_file, one_line,
 };
-use cli_support::{key_segment, non_empty};
 use rustls_pki_types::ServerName;
 
-use crate::{Config, DEFAULT_ETCD_ENDPOINT, EtcdAuth, Password};
+use crate::{Config, DEFAULT_ETCD_ENDPOINT};
 
 /// The flags of `echo-client`; see the [module docs](self) for an example.
 #[derive(Clone, Debug, Parser)]
@@ -131,13 +131,9 @@ impl Args {
     /// on stderr and exits with code 2 (`--help` and `--version` print and
     /// exit 0).
     pub fn parse_or_exit() -> Self {
-        let password = std::env::var_os(PASSWORD_ENV)
-            .map(|p| p.into_string().map_err(|_| ()))
-            .transpose();
-        let parsed = match password {
+        let parsed = match cli_support::password_from_env() {
             Ok(password) => Self::try_parse_with_password(std::env::args_os(), password),
-            Err(()) => Self::try_parse()
-                .and_then(|_| Err(usage_error(format!("{PASSWORD_ENV} is not valid UTF-8")))),
+            Err(message) => Self::try_parse().and_then(|_| Err(usage_error(message))),
         };
         parsed.unwrap_or_else(|e| exit_on_usage_error(&e))
     }
@@ -157,23 +153,8 @@ impl Args {
         T: Into<std::ffi::OsString> + Clone,
     {
         let mut args = Self::try_parse_from(args)?;
-        if let Some(user) = &args.etcd_user {
-            match password {
-                Some(p) if !p.is_empty() => args.etcd_password = Some(Password::new(p)),
-                Some(_) => {
-                    return Err(usage_error(format!(
-                        "--etcd-user {user} needs its password in the environment variable \
-                         {PASSWORD_ENV}, which is empty"
-                    )));
-                }
-                None => {
-                    return Err(usage_error(format!(
-                        "--etcd-user {user} needs its password in the environment variable \
-                         {PASSWORD_ENV}, which is not set"
-                    )));
-                }
-            }
-        }
+        args.etcd_password =
+            cli_support::etcd_password(args.etcd_user.as_deref(), password).map_err(usage_error)?;
         Ok(args)
     }
 
@@ -207,8 +188,8 @@ impl Args {
 
 /// A usage error (exit code 2) with `message`, shown as
 /// `error: <message>`.
-fn usage_error(message: String) -> clap::Error {
-    Args::command().error(clap::error::ErrorKind::ArgumentConflict, message)
+fn usage_error(message: impl std::fmt::Display) -> clap::Error {
+    cli_support::usage_error(Args::command(), message)
 }
 
 fn count(s: &str) -> Result<u64, String> {

@@ -1,5 +1,6 @@
 //! [`Config`] and [`Client`]: discovery, balancing and one call.
 
+use cli_support::EtcdAuth;
 use std::{collections::HashMap, fmt, path::PathBuf, sync::Arc, time::Duration};
 
 use balancer::{Balancer, ConnectivityState, EndpointConfig, Fallback, StickyExt, TlsConfig};
@@ -83,44 +84,6 @@ impl Config {
     /// The etcd key prefix, `discovery/<env>/<service>`.
     pub fn prefix(&self) -> String {
         format!("discovery/{}/{}", self.env, self.service)
-    }
-}
-
-/// An etcd user and its password. `Debug` never shows the password.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EtcdAuth {
-    /// The user name.
-    pub user: String,
-    /// Its password.
-    pub password: Password,
-}
-
-/// A password: kept out of `Debug` output (shown as `<redacted>`) and
-/// without `Display`, so that it is not logged by mistake.
-///
-/// ```
-/// let p = echo_client::Password::new("hunter2");
-/// assert_eq!(format!("{p:?}"), "<redacted>");
-/// assert_eq!(p.expose(), "hunter2");
-/// ```
-#[derive(Clone, PartialEq, Eq)]
-pub struct Password(String);
-
-impl Password {
-    /// Wraps `password`.
-    pub fn new(password: impl Into<String>) -> Self {
-        Self(password.into())
-    }
-
-    /// The password itself, to hand to the etcd client.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Password {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
     }
 }
 

@@ -83,8 +83,8 @@ mod load;
 
 pub mod cli;
 
+pub use cli_support::{EtcdAuth, Password};
 pub use client::{
-    Client, Config, DEFAULT_ETCD_ENDPOINT, Error, EtcdAuth, Password, WAIT_LOG_GRACE,
-    describe_status, instance_of,
+    Client, Config, DEFAULT_ETCD_ENDPOINT, Error, WAIT_LOG_GRACE, describe_status, instance_of,
 };
 pub use load::{LOGGED_ERRORS, LoadReport, load};

@@ -1,6 +1,7 @@
 //! [`Config`]: every setting of a server, with its defaults in one place.
 
-use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
+use cli_support::EtcdAuth;
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 /// Default etcd endpoint, the same as the seed's and `etcdctl`'s.
 pub const DEFAULT_ETCD_ENDPOINT: &str = "http://127.0.0.1:2379";
@@ -62,44 +63,6 @@ pub struct Config {
     /// How long the first registration may take before the server gives up
     /// (etcd down at start).
     pub connect_timeout: Duration,
-}
-
-/// An etcd user and its password. `Debug` never shows the password.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EtcdAuth {
-    /// The user name.
-    pub user: String,
-    /// Its password.
-    pub password: Password,
-}
-
-/// A password: kept out of `Debug` output (shown as `<redacted>`) and
-/// without `Display`, so that it is not logged by mistake.
-///
-/// ```
-/// let p = echo_server::Password::new("hunter2");
-/// assert_eq!(format!("{p:?}"), "<redacted>");
-/// assert_eq!(p.expose(), "hunter2");
-/// ```
-#[derive(Clone, PartialEq, Eq)]
-pub struct Password(String);
-
-impl Password {
-    /// Wraps `password`.
-    pub fn new(password: impl Into<String>) -> Self {
-        Self(password.into())
-    }
-
-    /// The password itself, to hand to the etcd client.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Password {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
 }
 
 impl Config {

@@ -72,7 +72,8 @@ mod service;
 
 pub mod cli;
 
-pub use config::{Config, DEFAULT_ETCD_ENDPOINT, EtcdAuth, Password};
+pub use cli_support::{EtcdAuth, Password};
+pub use config::{Config, DEFAULT_ETCD_ENDPOINT};
 pub use error::{Error, ErrorKind};
 pub use server::{Server, run, tls_config};
 pub use service::{EchoService, ReplyStream};
