@@ -177,7 +177,10 @@ impl HttpBody for SendBody {
                 .filter_map(|f| f.data_ref())
                 .map(|d| d.remaining() as u64)
                 .sum::<u64>();
-        let mut hint = self.rest.as_ref().map_or_else(SizeHint::new, |r| r.size_hint());
+        let mut hint = self
+            .rest
+            .as_ref()
+            .map_or_else(SizeHint::new, |r| r.size_hint());
         hint.set_lower(hint.lower() + taken);
         if let Some(upper) = hint.upper() {
             hint.set_upper(upper + taken);
