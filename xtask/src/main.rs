@@ -3,7 +3,8 @@
 //! - `etcd`: start an etcd and print its endpoint until Ctrl-C;
 //! - `test`: provision etcd, run the workspace's tests against it, stop it;
 //! - `demo`: replay the seed scenario with real processes;
-//! - `bench`: throughput, latency, pick cost, propagation, failover, scale.
+//! - `bench`: throughput, latency, pick cost, propagation, failover, scale;
+//! - `chaos`: load over real servers while servers and etcd are killed.
 //!
 //! xtask must build without `protoc`, so it never depends on `etcd-client`.
 
@@ -14,10 +15,10 @@ use std::{
 };
 
 use clap::{Parser, Subcommand};
+use etcd_provision::Etcd;
 
 mod bench;
 mod demo;
-use etcd_provision::Etcd;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Project automation")]
