@@ -75,26 +75,26 @@ pub async fn connect(endpoints: &[String]) -> etcd_client::Client {
 /// A key prefix no other test (or test run) uses, e.g.
 /// `test/registry_put/1234-7-1700000000000`.
 pub fn unique_prefix(test: &str) -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let millis = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
-    format!("test/{test}/{}-{n}-{millis}", std::process::id())
+    format!("test/{test}/{}", unique_suffix())
 }
 
 /// An `--env` value no other test (or test run) uses, e.g.
 /// `t1234-7-1700000000000-sigint`, so that `discovery/<env>/game` is empty
 /// at the start of the test.
 pub fn unique_env(test: &str) -> String {
+    format!("t{}-{test}", unique_suffix())
+}
+
+/// `<pid>-<counter>-<unix millis>`: unique within this process and across
+/// runs.
+fn unique_suffix() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let millis = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis())
         .unwrap_or(0);
-    format!("t{}-{n}-{millis}-{test}", std::process::id())
+    format!("{}-{n}-{millis}", std::process::id())
 }
 
 /// A loopback port that was free a moment ago.

@@ -25,6 +25,49 @@ async fn call_sticky(client: &mut Client, id: &str) -> Result<String, tonic::Sta
     Ok(from(&reply.into_inner().message))
 }
 
+/// `workers` tasks, each making `calls` calls in a row on `balancer`.
+struct Load {
+    progress: tokio::sync::mpsc::UnboundedReceiver<()>,
+    workers: Vec<tokio::task::JoinHandle<Vec<Result<String, tonic::Status>>>>,
+}
+
+fn load(balancer: &Balancer, workers: usize, calls: usize) -> Load {
+    let (progress_tx, progress) = tokio::sync::mpsc::unbounded_channel();
+    let workers = (0..workers)
+        .map(|_| {
+            let mut client = EchoClient::new(balancer.clone());
+            let progress_tx = progress_tx.clone();
+            tokio::spawn(async move {
+                let mut results = Vec::new();
+                for _ in 0..calls {
+                    results.push(call(&mut client).await);
+                    let _ = progress_tx.send(());
+                }
+                results
+            })
+        })
+        .collect();
+    Load { progress, workers }
+}
+
+impl Load {
+    /// Returns once `n` calls (of all workers together) have completed.
+    async fn wait_for_calls(&mut self, n: usize) {
+        for _ in 0..n {
+            self.progress.recv().await.expect("progress");
+        }
+    }
+
+    /// Every call's result, once all workers are done.
+    async fn results(self) -> Vec<Result<String, tonic::Status>> {
+        let mut all = Vec::new();
+        for worker in self.workers {
+            all.extend(worker.await.expect("worker"));
+        }
+        all
+    }
+}
+
 fn fast_backoff() -> BackoffConfig {
     BackoffConfig {
         base: Duration::from_millis(50),
@@ -290,29 +333,12 @@ async fn removing_an_endpoint_under_load_fails_no_request() {
     let balancer = Balancer::new(stream);
     balancer.wait_for_ready(2).await;
 
-    let (progress_tx, mut progress) = tokio::sync::mpsc::unbounded_channel();
-    let mut workers = Vec::new();
-    for _ in 0..8 {
-        let mut client = EchoClient::new(balancer.clone());
-        let progress_tx = progress_tx.clone();
-        workers.push(tokio::spawn(async move {
-            let mut results = Vec::new();
-            for _ in 0..200 {
-                results.push(call(&mut client).await);
-                let _ = progress_tx.send(());
-            }
-            results
-        }));
-    }
+    let mut workers = load(&balancer, 8, 200);
     // Remove while the workers are running: after 200 of their 1600 calls.
-    for _ in 0..200 {
-        progress.recv().await.expect("progress");
-    }
+    workers.wait_for_calls(200).await;
     tx.send(Change::Remove("2".into())).expect("send");
-    for worker in workers {
-        for result in worker.await.expect("worker") {
-            result.expect("no request fails during removal");
-        }
+    for result in workers.results().await {
+        result.expect("no request fails during removal");
     }
     let mut client = EchoClient::new(balancer);
     for _ in 0..10 {
@@ -374,29 +400,12 @@ async fn server_going_away_under_load_fails_no_request() {
     let one = TestServer::start("1");
     let mut two = TestServer::start("2");
     let (balancer, _) = ready_balancer(&[&one, &two]).await;
-    let (progress_tx, mut progress) = tokio::sync::mpsc::unbounded_channel();
-    let mut workers = Vec::new();
-    for _ in 0..8 {
-        let mut client = EchoClient::new(balancer.clone());
-        let progress_tx = progress_tx.clone();
-        workers.push(tokio::spawn(async move {
-            let mut results = Vec::new();
-            for _ in 0..300 {
-                results.push(call(&mut client).await);
-                let _ = progress_tx.send(());
-            }
-            results
-        }));
-    }
-    for _ in 0..200 {
-        progress.recv().await.expect("progress");
-    }
+    let mut workers = load(&balancer, 8, 300);
+    workers.wait_for_calls(200).await;
     two.shutdown_gracefully().await;
     let mut after = Vec::new();
-    for worker in workers {
-        for result in worker.await.expect("worker") {
-            after.push(result.expect("no request fails when a server goes away"));
-        }
+    for result in workers.results().await {
+        after.push(result.expect("no request fails when a server goes away"));
     }
     assert_eq!(after.len(), 2400);
     assert_eq!(after.last().map(String::as_str), Some("1"));
