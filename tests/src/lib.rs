@@ -4,7 +4,9 @@
 //! [`etcd_endpoints`] gives the shared etcd: `ETCD_ENDPOINTS` when set (as
 //! `cargo xtask test` does), otherwise one etcd started for this test binary
 //! through `etcd-provision` (the same provisioning as `cargo xtask`). Tests
-//! that must kill and restart etcd take a private [`EtcdProcess`] instead.
+//! that must kill and restart etcd take a private [`EtcdProcess`] instead,
+//! and tests of member failover a private N-member [`Cluster`] ([`cluster`]:
+//! kill / restart a member, which member leads).
 //! Without any etcd a test fails with a message saying how to get one.
 
 use std::{
@@ -15,7 +17,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-pub use etcd_provision::EtcdProcess;
+pub use etcd_provision::{Cluster, EtcdProcess};
 
 pub mod pki;
 pub mod process;
@@ -105,4 +107,15 @@ pub fn free_port() -> u16 {
 /// A private etcd this test may kill and restart.
 pub fn private_etcd() -> EtcdProcess {
     EtcdProcess::start_default().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A private local etcd cluster of `members` members on free ports, with
+/// fast elections, that this test may kill and restart member by member
+/// ([`Cluster::kill`], [`Cluster::restart`], [`Cluster::leader`]).
+///
+/// # Panics
+/// Without an etcd binary (`ETCD_BIN` or `PATH`); the message says how to
+/// get one.
+pub fn cluster(members: usize) -> Cluster {
+    Cluster::start_default(members).unwrap_or_else(|e| panic!("{e}"))
 }

@@ -1,6 +1,7 @@
 //! `cargo xtask <command>`: the one entry point for developers and CI.
 //!
-//! - `etcd`: start an etcd and print its endpoint until Ctrl-C;
+//! - `etcd`: start an etcd (`--members 3`: a local 3-member cluster) and
+//!   print its endpoints until Ctrl-C;
 //! - `test`: provision etcd, run the workspace's tests against it, stop it;
 //! - `demo`: replay the seed scenario with real processes;
 //! - `bench`: throughput, latency, pick cost, propagation, failover, scale;
@@ -29,8 +30,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Start an etcd and print its endpoint until Ctrl-C.
-    Etcd,
+    /// Start an etcd and print its endpoints until Ctrl-C.
+    Etcd {
+        /// Members of a local cluster on free ports (needs an etcd binary:
+        /// ETCD_BIN or PATH); 1 provisions one etcd as `cargo xtask test`
+        /// does.
+        #[arg(long, default_value_t = 1)]
+        members: usize,
+    },
     /// Provision etcd and run every test of the workspace against it.
     Test {
         /// Extra arguments passed to `cargo test` (after `--`).
@@ -67,7 +74,7 @@ fn main() -> ExitCode {
         eprintln!("xtask: cannot install a Ctrl-C handler: {e}");
     }
     let result = match cli.command {
-        Cmd::Etcd => run_etcd(&interrupt_rx),
+        Cmd::Etcd { members } => run_etcd(members, &interrupt_rx),
         Cmd::Test { args } => run_tests(&args),
         Cmd::Demo => demo::run(&interrupt_rx),
         Cmd::Chaos { duration, seed } => run_chaos(&duration, seed),
@@ -84,7 +91,22 @@ fn main() -> ExitCode {
 
 type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
 
-fn run_etcd(interrupt: &mpsc::Receiver<()>) -> Result<ExitCode> {
+fn run_etcd(members: usize, interrupt: &mpsc::Receiver<()>) -> Result<ExitCode> {
+    if members > 1 {
+        eprintln!("xtask: starting a {members}-member etcd cluster");
+        let cluster = etcd_provision::Cluster::start_default(members)?;
+        let leader = cluster.wait_for_leader(std::time::Duration::from_secs(10))?;
+        println!("ETCD_ENDPOINTS={}", cluster.endpoints().join(","));
+        eprintln!(
+            "xtask: cluster running (leader {}, data in {}); Ctrl-C to stop",
+            cluster.endpoint(leader),
+            cluster.dir().display()
+        );
+        let _ = interrupt.recv();
+        drop(cluster);
+        eprintln!("xtask: cluster stopped");
+        return Ok(ExitCode::SUCCESS);
+    }
     let etcd = provision_etcd()?;
     println!("ETCD_ENDPOINTS={}", etcd.endpoints().join(","));
     eprintln!("xtask: etcd running; Ctrl-C to stop");

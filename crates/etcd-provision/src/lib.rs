@@ -24,6 +24,14 @@
 //! println!("etcd at {}", etcd.endpoints().join(","));
 //! // Dropping `etcd` stops whatever was started and removes its data dir.
 //! ```
+//!
+//! [`Cluster`] starts a local N-member cluster instead (tests of member
+//! failover, `cargo xtask etcd --members 3`, the chaos run), with kill and
+//! restart of one member and [`Cluster::leader`].
+
+mod cluster;
+
+pub use cluster::{Cluster, MemberStatus, member_status};
 
 use std::{
     env, fmt,

@@ -63,3 +63,9 @@ fn data_dirs_of_dead_processes_are_swept() {
     assert!(!stale.exists(), "stale dir kept");
     assert!(mine.exists(), "a live process's dir was removed");
 }
+
+#[test]
+fn a_cluster_of_zero_members_is_refused() {
+    let error = etcd_provision::Cluster::start(Path::new("/bin/false"), 0).expect_err("zero");
+    assert_eq!(error.to_string(), "a cluster needs at least one member");
+}
