@@ -103,6 +103,12 @@ pub struct Args {
     /// gRPC TLS: PEM file of the private key of --tls-cert.
     #[arg(long, value_name = "PEM", value_parser = key_file, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Do not rewrite the :authority grpc-go clients send (e.g.
+    /// discovery%2Fdev%2Fgame): h2 then rejects their calls, and the server
+    /// logs one WARN per such connection naming the Go-side fix
+    /// (grpc.WithAuthority).
+    #[arg(long)]
+    pub strict_authority: bool,
 }
 
 impl Args {
@@ -158,6 +164,7 @@ impl Args {
                 .zip(self.etcd_password)
                 .map(|(user, password)| EtcdAuth { user, password }),
             tls: self.tls_cert.zip(self.tls_key),
+            strict_authority: self.strict_authority,
             ..Config::new("")
         }
     }

@@ -23,6 +23,7 @@ pub const DEFAULT_ETCD_ENDPOINT: &str = "http://127.0.0.1:2379";
 /// | `etcd_client_cert` | none | `--etcd-cert` and `--etcd-key` |
 /// | `etcd_auth` | none | `--etcd-user`, password from env `ETCD_PASSWORD` |
 /// | `tls` | none (plaintext gRPC) | `--tls-cert` and `--tls-key` |
+/// | `strict_authority` | false (grpc-go's `:authority` is fixed on the way in) | `--strict-authority` |
 /// | `connect_timeout` | 5 s (no flag) | |
 ///
 /// The key registered is `discovery/<env>/<service>/<bound address>` and its
@@ -63,6 +64,13 @@ pub struct Config {
     /// How long the first registration may take before the server gives up
     /// (etcd down at start).
     pub connect_timeout: Duration,
+    /// `false` (the default): accepted connections go through
+    /// [`authority_fix`], which rewrites the `:authority` grpc-go clients send
+    /// (`discovery%2Fdev%2Fgame`) to a same-length value h2 accepts.
+    /// `true`: h2 rejects such requests (RST_STREAM PROTOCOL_ERROR) and the
+    /// server logs one WARN per such connection naming the Go-side fix,
+    /// `grpc.WithAuthority(...)`.
+    pub strict_authority: bool,
 }
 
 impl Config {
@@ -82,6 +90,7 @@ impl Config {
             etcd_auth: None,
             tls: None,
             connect_timeout: Duration::from_secs(5),
+            strict_authority: false,
         }
     }
 

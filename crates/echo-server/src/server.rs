@@ -3,6 +3,7 @@
 use std::{future::Future, net::SocketAddr, path::Path};
 
 use echo_proto::echo_server::EchoServer;
+use futures::TryStreamExt;
 use registry::{EtcdTls, Registration};
 use tokio::net::TcpListener;
 use tonic::transport::{Identity, ServerTlsConfig, server::TcpIncoming};
@@ -108,13 +109,26 @@ impl Server {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(EchoServer::new(EchoService::new(config.id.as_str())));
-        let mut serving = tokio::spawn(router.serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async {
-                let _ = stop_rx.await;
-            },
-        ));
-        info!(id = %config.id, tls = config.tls.is_some(), "listening on {addr}");
+        let fix = authority_fix::Config::default().mode(if config.strict_authority {
+            authority_fix::Mode::Observe
+        } else {
+            authority_fix::Mode::Fix
+        });
+        let incoming = TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .map_ok(move |tcp| match tcp.peer_addr() {
+                Ok(peer) => fix.peer(peer).wrap(tcp),
+                Err(_) => fix.wrap(tcp),
+            });
+        let mut serving = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+            let _ = stop_rx.await;
+        }));
+        info!(
+            id = %config.id,
+            tls = config.tls.is_some(),
+            strict_authority = config.strict_authority,
+            "listening on {addr}"
+        );
 
         let mut registration = Registration::new(prefix.as_str(), addr.to_string())
             .etcd_endpoints(config.etcd.iter().cloned())
