@@ -6,7 +6,9 @@ use std::time::Duration;
 /// connecting after [`Builder::sticky_wait`](crate::Builder::sticky_wait).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Fallback {
-    /// Round robin over the ready endpoints (the Go seed's behaviour).
+    /// Go wherever the balancer's [`Policy`](crate::Policy) picks, like any
+    /// request without [`Sticky`](crate::Sticky): round robin unless another
+    /// policy is configured (the Go seed's behaviour).
     #[default]
     RoundRobin,
     /// Fail with `UNAVAILABLE`, naming the instance id.
@@ -85,6 +87,7 @@ pub(crate) struct Config {
     pub(crate) sticky_wait: Duration,
     pub(crate) max_retries: usize,
     pub(crate) endpoint: EndpointConfig,
+    pub(crate) policy: crate::policy::PolicyHandle,
 }
 
 impl Default for Config {
@@ -97,6 +100,7 @@ impl Default for Config {
             sticky_wait: Duration::from_secs(5),
             max_retries: 3,
             endpoint: EndpointConfig::default(),
+            policy: crate::policy::PolicyHandle::default(),
         }
     }
 }

@@ -38,18 +38,26 @@
 //! ```
 
 mod backoff;
+mod body;
 mod config;
 mod connection;
+pub mod policy;
 mod replay;
+mod served_by;
 mod service;
 mod set;
+mod signals;
 mod state;
 mod sticky;
 mod tls;
 
+pub use body::ResponseBody;
 pub use config::{BackoffConfig, EndpointConfig, Fallback};
 pub use discover::{Change, Endpoint, InvalidAddress};
+pub use policy::{PickRequest, Picker, Policy, ReadyEndpoint, RoundRobin};
+pub use served_by::{ServedBy, ServedByExt};
 pub use service::{Balancer, BoxError, Builder, ResponseFuture};
+pub use signals::Signals;
 pub use state::{ConnectivityState, EndpointStatus, Stats};
 pub use sticky::{Sticky, StickyExt};
 pub use tls::{TlsConfig, TlsError};

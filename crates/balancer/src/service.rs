@@ -6,7 +6,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     task::{Context, Poll},
     time::Duration,
@@ -16,7 +16,6 @@ use arc_swap::ArcSwap;
 use discover::{Change, Endpoint};
 use futures::Stream;
 use http::HeaderMap;
-use hyper::body::Incoming;
 use tokio::{
     sync::{oneshot, watch},
     time::Instant,
@@ -24,19 +23,22 @@ use tokio::{
 use tonic::{Status, body::Body};
 
 use crate::{
-    BackoffConfig, EndpointConfig, Fallback, Sticky,
+    BackoffConfig, EndpointConfig, Fallback, Policy, ResponseBody, Sticky,
+    body::Call,
     config::Config,
+    policy::{PickRequest, PolicyHandle, ReadyEndpoint},
     replay::{self, Prepared, SendBody},
-    set::{Owner, ReadyEndpoint, Slot, Snapshot},
-    state::{EndpointStatus, Stats},
+    set::{Owner, Slot, Snapshot},
+    state::{EndpointShared, EndpointStatus, Outcome, Stats},
 };
 
 /// Boxed error, as tower services return them; tonic turns it into a
 /// `Status` (ours are `Status` already).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A gRPC load balancer: round robin over READY endpoints, with sticky
-/// requests, as a `tower::Service` that tonic-generated clients take directly.
+/// A gRPC load balancer over READY endpoints — round robin, or the
+/// [`Policy`] given to the [`Builder`] — with sticky requests, as a
+/// `tower::Service` that tonic-generated clients take directly.
 ///
 /// Cheap to clone; every clone shares the endpoint set and connections. The
 /// connections close when the last clone is dropped. See the crate docs for an
@@ -57,7 +59,6 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) snapshot: ArcSwap<Snapshot>,
     pub(crate) changed: watch::Sender<u64>,
-    counter: AtomicUsize,
     sticky_fallbacks: AtomicU64,
     retries: AtomicU64,
 }
@@ -76,8 +77,22 @@ impl Builder {
         self
     }
 
+    /// How requests are spread over the READY endpoints: [`RoundRobin`]
+    /// (the default) or a policy of your own (see [`Policy`]). A [`Sticky`]
+    /// request goes to its instance whatever the policy.
+    ///
+    /// ```
+    /// let builder = balancer::Balancer::builder().policy(balancer::RoundRobin);
+    /// ```
+    ///
+    /// [`RoundRobin`]: crate::RoundRobin
+    pub fn policy(mut self, policy: impl Policy) -> Self {
+        self.config.policy = PolicyHandle(Arc::new(policy));
+        self
+    }
+
     /// What sticky requests do when their instance is unavailable. Default
-    /// [`Fallback::RoundRobin`].
+    /// [`Fallback::RoundRobin`] (the policy picks).
     pub fn fallback(mut self, fallback: Fallback) -> Self {
         self.config.fallback = fallback;
         self
@@ -144,8 +159,6 @@ impl Builder {
             config: self.config,
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             changed,
-            // Random start, so many clients do not all begin on one server.
-            counter: AtomicUsize::new(fastrand::usize(..)),
             sticky_fallbacks: AtomicU64::new(0),
             retries: AtomicU64::new(0),
         });
@@ -190,6 +203,12 @@ impl Balancer {
         all
     }
 
+    /// The READY endpoints as policies see them now, with their live
+    /// [`Signals`](crate::Signals) (outstanding requests, latency, failures).
+    pub fn ready_endpoints(&self) -> Vec<ReadyEndpoint> {
+        self.handle.shared.snapshot.load().ready.clone()
+    }
+
     /// How many endpoints are READY now.
     pub fn ready_count(&self) -> usize {
         self.handle.shared.snapshot.load().ready.len()
@@ -228,10 +247,10 @@ impl Balancer {
         }
     }
 
-    /// Picks an endpoint the way a request would (advancing the round
-    /// robin), without sending anything, and returns `f` of it; `None` when
-    /// no endpoint is READY. Nothing is cloned unless `f` does. For
-    /// benchmarks and diagnostics.
+    /// Picks an endpoint the way a request with no headers or extensions
+    /// would (advancing the round robin), without sending anything, and
+    /// returns `f` of it; `None` when no endpoint is READY. Nothing is
+    /// cloned unless `f` does. For benchmarks and diagnostics.
     pub fn pick_with<R>(
         &self,
         sticky: Option<&Sticky>,
@@ -239,7 +258,32 @@ impl Balancer {
     ) -> Option<R> {
         let shared = &self.handle.shared;
         let snapshot = shared.snapshot.load();
-        match shared.try_pick(&snapshot, sticky, true) {
+        match shared.try_pick(&snapshot, &PickRequest::none(), sticky, true) {
+            Picked::Ready(ep) => Some(f(&ep.shared.endpoint)),
+            _ => None,
+        }
+    }
+
+    /// [`pick_with`](Self::pick_with) for the request whose head is
+    /// `request`: its [`Sticky`] extension, and whatever the policy reads
+    /// from it, count.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let balancer = balancer::Balancer::new(futures::stream::empty());
+    /// let (head, ()) = http::Request::new(()).into_parts();
+    /// assert_eq!(balancer.pick_for(&head, |e| e.addr().to_string()), None);
+    /// # }
+    /// ```
+    pub fn pick_for<R>(
+        &self,
+        request: &http::request::Parts,
+        f: impl FnOnce(&Endpoint) -> R,
+    ) -> Option<R> {
+        let shared = &self.handle.shared;
+        let snapshot = shared.snapshot.load();
+        let sticky = request.extensions.get::<Sticky>();
+        match shared.try_pick(&snapshot, &PickRequest::new(request), sticky, true) {
             Picked::Ready(ep) => Some(f(&ep.shared.endpoint)),
             _ => None,
         }
@@ -261,7 +305,7 @@ impl fmt::Debug for Balancer {
 }
 
 impl tower_service::Service<http::Request<Body>> for Balancer {
-    type Response = http::Response<Incoming>;
+    type Response = http::Response<ResponseBody>;
     type Error = BoxError;
     type Future = ResponseFuture;
 
@@ -281,11 +325,11 @@ impl tower_service::Service<http::Request<Body>> for Balancer {
 
 /// The response future of [`Balancer`].
 pub struct ResponseFuture {
-    inner: Pin<Box<dyn Future<Output = Result<http::Response<Incoming>, BoxError>> + Send>>,
+    inner: Pin<Box<dyn Future<Output = Result<http::Response<ResponseBody>, BoxError>> + Send>>,
 }
 
 impl Future for ResponseFuture {
-    type Output = Result<http::Response<Incoming>, BoxError>;
+    type Output = Result<http::Response<ResponseBody>, BoxError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         self.inner.as_mut().poll(cx)
@@ -317,26 +361,33 @@ impl Shared {
     async fn dispatch(
         &self,
         request: http::Request<Body>,
-    ) -> Result<http::Response<Incoming>, BoxError> {
-        let sticky = request.extensions().get::<Sticky>().cloned();
+    ) -> Result<http::Response<ResponseBody>, BoxError> {
         let deadline = grpc_timeout(request.headers());
         let (head, body) = request.into_parts();
+        let sticky = head.extensions.get::<Sticky>();
+        let pick_request = PickRequest::new(&head);
         let mut body = Prepared::new(body)?;
         let mut retries = 0;
         loop {
-            let endpoint = self.pick(sticky.as_ref(), deadline).await?;
+            let endpoint = self.pick(&pick_request, sticky, deadline).await?;
             let Some(attempt) = body.attempt() else {
                 return Err(Status::internal("request body lost between attempts").into());
             };
             endpoint.shared.picks.fetch_add(1, Ordering::Relaxed);
             let mut request = resend(&head, attempt);
             set_origin(&mut request, self.scheme(), &endpoint.shared.authority)?;
-            let mut sender = endpoint.sender;
+            let ReadyEndpoint { shared, mut sender } = endpoint;
+            let mut call = Call::start(shared.clone());
+            let sent = std::time::Instant::now();
             let mut error = match sender.try_send_request(request).await {
-                Ok(response) => return Ok(response),
+                Ok(response) => {
+                    shared.record_latency(sent.elapsed());
+                    return Ok(respond(response, call, &shared));
+                }
                 Err(error) => error,
             };
-            endpoint.shared.failures.fetch_add(1, Ordering::Relaxed);
+            call.finish(Outcome::Transport);
+            shared.failures.fetch_add(1, Ordering::Relaxed);
             // Either hyper never wrote it (the request comes back whole), or
             // the server refused it unprocessed (GOAWAY / REFUSED_STREAM) and
             // the body is kept: both are safe to send elsewhere.
@@ -350,19 +401,20 @@ impl Shared {
             let error = error.into_error();
             if !retryable {
                 // It may have reached the server: not ours to retry.
-                return Err(transport_status(error, &endpoint.shared.endpoint).into());
+                let status = transport_status(error, &shared.endpoint);
+                return Err(shared.served_by.mark_status(status).into());
             }
             if retries >= self.config.max_retries {
-                return Err(Status::unavailable(format!(
+                let status = Status::unavailable(format!(
                     "request to {} was not processed after {retries} retries: {error}",
                     self.config.name,
-                ))
-                .into());
+                ));
+                return Err(shared.served_by.mark_status(status).into());
             }
             retries += 1;
             self.retries.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(
-                endpoint = %endpoint.shared.endpoint,
+                endpoint = %shared.endpoint,
                 error = %error,
                 "request was not processed; retrying on another endpoint"
             );
@@ -380,18 +432,23 @@ impl Shared {
     /// Picks a READY endpoint, waiting for one if needed.
     async fn pick(
         &self,
+        request: &PickRequest<'_>,
         sticky: Option<&Sticky>,
         deadline: Option<Duration>,
     ) -> Result<ReadyEndpoint, Status> {
-        // Fast path: one snapshot load, one atomic add, no allocation.
-        if let Picked::Ready(endpoint) = self.try_pick(&self.snapshot.load(), sticky, false) {
+        // Fast path: one snapshot load, the picker (one atomic add for round
+        // robin), no allocation.
+        if let Picked::Ready(endpoint) =
+            self.try_pick(&self.snapshot.load(), request, sticky, false)
+        {
             return Ok(endpoint.clone());
         }
-        self.pick_slow(sticky, deadline).await
+        self.pick_slow(request, sticky, deadline).await
     }
 
     async fn pick_slow(
         &self,
+        request: &PickRequest<'_>,
         sticky: Option<&Sticky>,
         deadline: Option<Duration>,
     ) -> Result<ReadyEndpoint, Status> {
@@ -403,11 +460,12 @@ impl Shared {
         let sticky_until = started + self.config.sticky_wait;
         loop {
             let sticky_expired = Instant::now() >= sticky_until;
-            let waiting = match self.try_pick(&self.snapshot.load(), sticky, sticky_expired) {
-                Picked::Ready(endpoint) => return Ok(endpoint.clone()),
-                Picked::Fail(status) => return Err(status),
-                Picked::Wait(waiting) => waiting,
-            };
+            let waiting =
+                match self.try_pick(&self.snapshot.load(), request, sticky, sticky_expired) {
+                    Picked::Ready(endpoint) => return Ok(endpoint.clone()),
+                    Picked::Fail(status) => return Err(status),
+                    Picked::Wait(waiting) => waiting,
+                };
             if self.config.fail_fast && waiting == Waiting::NoReady {
                 return Err(Status::unavailable(self.describe(waiting, sticky, None)));
             }
@@ -439,6 +497,7 @@ impl Shared {
     pub(crate) fn try_pick<'a>(
         &self,
         snapshot: &'a Snapshot,
+        request: &PickRequest<'_>,
         sticky: Option<&Sticky>,
         sticky_expired: bool,
     ) -> Picked<'a> {
@@ -447,7 +506,7 @@ impl Shared {
             match slot {
                 Some(Slot::Ready(i)) => {
                     let endpoint = &snapshot.ready[i];
-                    if !endpoint.sender.is_closed() {
+                    if endpoint.pickable() {
                         return Picked::Ready(endpoint);
                     }
                     if !sticky_expired {
@@ -478,12 +537,13 @@ impl Shared {
                     )));
                 }
                 Fallback::RoundRobin => {
-                    if let Some(endpoint) = self.round_robin(snapshot) {
+                    if let Some(endpoint) = policy_pick(snapshot, request) {
                         self.sticky_fallbacks.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(
                             instance = sticky.id(),
                             endpoint = %endpoint.shared.endpoint,
-                            "sticky instance unavailable; fell back to round robin"
+                            policy = self.config.policy.0.name(),
+                            "sticky instance unavailable; fell back to the policy"
                         );
                         return Picked::Ready(endpoint);
                     }
@@ -491,23 +551,10 @@ impl Shared {
                 }
             }
         }
-        match self.round_robin(snapshot) {
+        match policy_pick(snapshot, request) {
             Some(endpoint) => Picked::Ready(endpoint),
             None => Picked::Wait(Waiting::NoReady),
         }
-    }
-
-    fn round_robin<'a>(&self, snapshot: &'a Snapshot) -> Option<&'a ReadyEndpoint> {
-        let n = snapshot.ready.len();
-        if n == 0 {
-            return None;
-        }
-        let start = self.counter.fetch_add(1, Ordering::Relaxed);
-        // A closed connection may still be in the snapshot for a moment after
-        // it died; skip it rather than fail the request.
-        (0..n)
-            .map(|i| &snapshot.ready[start.wrapping_add(i) % n])
-            .find(|endpoint| !endpoint.sender.is_closed())
     }
 
     fn describe(
@@ -535,6 +582,37 @@ impl Shared {
             ),
         }
     }
+}
+
+/// The policy's pick in `snapshot`.
+#[inline]
+fn policy_pick<'a>(snapshot: &'a Snapshot, request: &PickRequest<'_>) -> Option<&'a ReadyEndpoint> {
+    let ready = &snapshot.ready;
+    let i = snapshot.picker.pick(request, ready)?;
+    if let Some(endpoint) = ready.get(i)
+        && endpoint.pickable()
+    {
+        return Some(endpoint);
+    }
+    // A closed connection may still be in the snapshot for a moment after it
+    // died: take the next one rather than fail the request.
+    let n = ready.len();
+    (1..=n)
+        .map(|k| &ready[i.wrapping_add(k) % n])
+        .find(|endpoint| endpoint.pickable())
+}
+
+/// The response as the caller gets it: its body keeps the call counted
+/// until it ends, and it names the endpoint that served it.
+fn respond(
+    response: http::Response<hyper::body::Incoming>,
+    call: Call,
+    shared: &EndpointShared,
+) -> http::Response<ResponseBody> {
+    let (mut head, body) = response.into_parts();
+    let body = ResponseBody::new(body, call, &mut head.headers);
+    head.extensions.insert(shared.served_by.clone());
+    http::Response::from_parts(head, body)
 }
 
 /// A request for one attempt. Extensions stay behind: they are not sent, and

@@ -20,15 +20,18 @@ use tokio::{
 
 use crate::{
     connection::{self, Sender, StateEvent},
+    policy::{NoEndpoint, Picker, ReadyEndpoint},
     service::Shared,
     state::{ConnectivityState, EndpointShared},
 };
 
 /// An immutable view of the endpoint set, swapped in whole on every change.
-#[derive(Default)]
 pub(crate) struct Snapshot {
-    /// READY endpoints, in no particular order.
+    /// READY endpoints, in no particular order: what the policy picks from
+    /// (an endpoint left out here is invisible to every policy).
     pub(crate) ready: Vec<ReadyEndpoint>,
+    /// The policy's picker over `ready`.
+    pub(crate) picker: Arc<dyn Picker>,
     /// Instance id → best state among the endpoints carrying it.
     pub(crate) instances: HashMap<Arc<str>, Slot>,
     /// Every known endpoint.
@@ -39,11 +42,18 @@ pub(crate) struct Snapshot {
     pub(crate) discovered: bool,
 }
 
-/// A READY endpoint and the handle to send on it.
-#[derive(Clone)]
-pub(crate) struct ReadyEndpoint {
-    pub(crate) shared: Arc<EndpointShared>,
-    pub(crate) sender: Sender,
+impl Default for Snapshot {
+    fn default() -> Self {
+        Self {
+            ready: Vec::new(),
+            picker: Arc::new(NoEndpoint),
+            instances: HashMap::new(),
+            all: Vec::new(),
+            connecting: 0,
+            failed: 0,
+            discovered: false,
+        }
+    }
 }
 
 /// Where an instance id stands.
@@ -89,6 +99,10 @@ pub(crate) struct Owner {
     discovered: bool,
     dirty: bool,
     last_publish: Instant,
+    /// The current picker and the endpoints (by identity) it was built over:
+    /// the policy builds a new one only when these change.
+    picker: Arc<dyn Picker>,
+    picked_from: Vec<Arc<EndpointShared>>,
 }
 
 impl Owner {
@@ -103,6 +117,8 @@ impl Owner {
             discovered: false,
             dirty: false,
             last_publish: Instant::now(),
+            picker: Arc::new(NoEndpoint),
+            picked_from: Vec::new(),
         }
     }
 
@@ -307,8 +323,35 @@ impl Owner {
                     .or_insert(slot);
             }
         }
+        snapshot.picker = self.picker_for(&snapshot.ready);
         self.shared.snapshot.store(Arc::new(snapshot));
         self.shared.changed.send_modify(|version| *version += 1);
+    }
+
+    /// The policy's picker over `ready`: the current one if the endpoints
+    /// are the same ones in the same order (a reconnect changes only a
+    /// sender), else a new one.
+    fn picker_for(&mut self, ready: &[ReadyEndpoint]) -> Arc<dyn Picker> {
+        let same = self.picked_from.len() == ready.len()
+            && self
+                .picked_from
+                .iter()
+                .zip(ready)
+                .all(|(a, b)| Arc::ptr_eq(a, &b.shared));
+        if !same {
+            let policy = &self.shared.config.policy.0;
+            let started = Instant::now();
+            self.picker = Arc::from(policy.build(ready));
+            self.picked_from = ready.iter().map(|e| e.shared.clone()).collect();
+            tracing::debug!(
+                balancer = %self.shared.config.name,
+                policy = policy.name(),
+                endpoints = ready.len(),
+                took = ?started.elapsed(),
+                "picker built"
+            );
+        }
+        self.picker.clone()
     }
 }
 

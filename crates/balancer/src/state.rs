@@ -1,11 +1,16 @@
 //! Connectivity states and per-endpoint counters.
 
-use std::sync::{
-    Arc, Mutex,
-    atomic::{AtomicU8, AtomicU64, Ordering},
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU8, AtomicU64, Ordering},
+    },
+    time::Duration,
 };
 
 use discover::Endpoint;
+
+use crate::{ServedBy, Signals};
 
 /// gRPC connectivity state of one endpoint's connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -70,6 +75,39 @@ pub struct Stats {
     pub retries: u64,
 }
 
+/// How one call on an endpoint ended; every call ends in exactly one
+/// [`EndpointShared::record`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// The server answered with this gRPC status (from the trailers, or the
+    /// headers of a trailers-only response).
+    Status(tonic::Code),
+    /// The connection failed, or the response ended without a status.
+    Transport,
+    /// The caller dropped the call before its end: no verdict on the server.
+    Cancelled,
+}
+
+impl Outcome {
+    /// Whether the call says the server is unwell (not the application's
+    /// answer).
+    fn failed(self) -> bool {
+        use tonic::Code;
+        match self {
+            Self::Status(code) => matches!(
+                code,
+                Code::Unavailable
+                    | Code::Internal
+                    | Code::Unknown
+                    | Code::DataLoss
+                    | Code::DeadlineExceeded
+            ),
+            Self::Transport => true,
+            Self::Cancelled => false,
+        }
+    }
+}
+
 /// Per-endpoint shared state: written by the owner task and the request path,
 /// read by [`Balancer::endpoints`](crate::Balancer::endpoints).
 #[derive(Debug)]
@@ -84,6 +122,10 @@ pub(crate) struct EndpointShared {
     pub(crate) picks: AtomicU64,
     pub(crate) failures: AtomicU64,
     last_error: Mutex<Option<String>>,
+    /// What policies read: outstanding requests, latency, failures.
+    pub(crate) signals: Signals,
+    /// The response extension naming this endpoint.
+    pub(crate) served_by: ServedBy,
 }
 
 impl EndpointShared {
@@ -92,6 +134,7 @@ impl EndpointShared {
         let instance = endpoint.instance_id().map(Arc::from);
         Ok(Arc::new(Self {
             key,
+            served_by: ServedBy::new(endpoint.clone()),
             endpoint,
             authority,
             instance,
@@ -99,7 +142,20 @@ impl EndpointShared {
             picks: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            signals: Signals::default(),
         }))
+    }
+
+    /// A call's response headers arrived `latency` after it was sent.
+    pub(crate) fn record_latency(&self, latency: Duration) {
+        self.signals.record_latency(latency);
+    }
+
+    /// A call ended. Request path or a body's drop: atomics only.
+    pub(crate) fn record(&self, outcome: Outcome) {
+        if outcome != Outcome::Cancelled {
+            self.signals.record_result(outcome.failed());
+        }
     }
 
     pub(crate) fn state(&self) -> ConnectivityState {

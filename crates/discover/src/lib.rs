@@ -3,7 +3,8 @@
 //! One job: let a producer of endpoints (the `resolver` crate, reading etcd,
 //! or a test building changes by hand) talk to their consumer (the `balancer`
 //! crate) without either knowing the other. It must stay free of etcd, tonic
-//! and tokio, like tower's `Discover`.
+//! and tokio, like tower's `Discover`; beyond `thiserror` it depends only on
+//! `serde_json`, for the endpoints' metadata.
 //!
 //! ```
 //! use discover::{Change, Endpoint};
@@ -31,13 +32,61 @@ pub enum Change {
     Reset(Vec<(String, Endpoint)>),
 }
 
-/// Where a server listens (`host:port`) and, optionally, the instance id that
-/// sticky requests name.
-#[derive(Clone, PartialEq, Eq, Hash)]
+/// Where a server listens (`host:port`), optionally the instance id that
+/// sticky requests name, and the whole metadata the server registered with
+/// (any JSON, e.g. `{"zone":"a","weight":3}`), for policies to read.
+///
+/// ```
+/// use discover::Endpoint;
+///
+/// let e = Endpoint::new("127.0.0.1:50051")
+///     .unwrap()
+///     .with_instance_id("1")
+///     .with_metadata(serde_json::json!({"zone": "a"}));
+/// assert_eq!(e.metadata()["zone"], "a");
+/// assert!(Endpoint::new("127.0.0.1:1").unwrap().metadata().is_null());
+/// ```
+///
+/// Equality (and the hash) compare the address, the instance id and an
+/// object or array metadata; a scalar metadata (string, number, boolean) is
+/// what the instance id was read from, so it adds nothing to compare.
+#[derive(Clone)]
 pub struct Endpoint {
     addr: Arc<str>,
     instance_id: Option<Arc<str>>,
+    // Shared, so cloning an endpoint stays a few reference counts.
+    metadata: Option<Arc<serde_json::Value>>,
 }
+
+impl Endpoint {
+    /// The metadata that says more than the instance id: an object or array.
+    fn structured_metadata(&self) -> Option<&serde_json::Value> {
+        self.metadata
+            .as_deref()
+            .filter(|m| m.is_object() || m.is_array())
+    }
+}
+
+impl PartialEq for Endpoint {
+    fn eq(&self, other: &Self) -> bool {
+        self.addr == other.addr
+            && self.instance_id == other.instance_id
+            && self.structured_metadata() == other.structured_metadata()
+    }
+}
+
+impl Eq for Endpoint {}
+
+impl std::hash::Hash for Endpoint {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.addr.hash(state);
+        self.instance_id.hash(state);
+        self.structured_metadata().hash(state);
+    }
+}
+
+/// What [`Endpoint::metadata`] returns when there is none.
+static NO_METADATA: serde_json::Value = serde_json::Value::Null;
 
 /// An address that is not `host:port`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -75,6 +124,7 @@ impl Endpoint {
         Ok(Self {
             addr: trimmed.into(),
             instance_id: None,
+            metadata: None,
         })
     }
 
@@ -82,6 +132,20 @@ impl Endpoint {
     pub fn with_instance_id(mut self, id: impl Into<Arc<str>>) -> Self {
         self.instance_id = Some(id.into());
         self
+    }
+
+    /// Sets the metadata (the whole decoded JSON value); `null` means none.
+    pub fn with_metadata(mut self, metadata: serde_json::Value) -> Self {
+        self.metadata = (!metadata.is_null()).then(|| Arc::new(metadata));
+        self
+    }
+
+    /// The metadata the producer decoded (`Null` when there is none). The
+    /// resolver gives the registration's whole `Metadata` JSON value: a
+    /// string (the instance id, as grpc-go writes it), or an object such as
+    /// `{"zone":"a"}`.
+    pub fn metadata(&self) -> &serde_json::Value {
+        self.metadata.as_deref().unwrap_or(&NO_METADATA)
     }
 
     /// `host:port`.
@@ -125,6 +189,28 @@ mod tests {
             assert!(Endpoint::new(ok).is_ok(), "{ok}");
         }
         assert_eq!(Endpoint::new("http://a:1").unwrap().addr(), "a:1");
+    }
+
+    #[test]
+    fn metadata_is_kept_whole_and_compared_when_structured() {
+        let base = || Endpoint::new("a:1").unwrap().with_instance_id("1");
+        let zoned = base().with_metadata(serde_json::json!({"zone": "a"}));
+        assert_eq!(zoned.metadata()["zone"], "a");
+        assert_ne!(zoned, base());
+        assert_ne!(
+            zoned,
+            base().with_metadata(serde_json::json!({"zone": "b"}))
+        );
+        // A string metadata is the instance id: nothing more to compare.
+        let string = base().with_metadata(serde_json::json!("1"));
+        assert_eq!(string.metadata(), "1");
+        assert_eq!(string, base());
+        assert!(
+            base()
+                .with_metadata(serde_json::Value::Null)
+                .metadata()
+                .is_null()
+        );
     }
 
     #[test]

@@ -67,7 +67,9 @@ impl DecodeError {
 /// `{"Addr":..,"Metadata":..}`; `"Op":1` is [`Decoded::Delete`]. `Metadata`
 /// may be any JSON: a string gives the instance id (its content), a number or
 /// a boolean gives its text as written; `null`, an object or an array give no
-/// instance id. `Addr` must pass [`Endpoint::new`].
+/// instance id. The whole decoded `Metadata` value is kept as the endpoint's
+/// [`metadata`](Endpoint::metadata), e.g. for a zone-aware policy. `Addr`
+/// must pass [`Endpoint::new`].
 ///
 /// Total over all inputs: arbitrary bytes give an error, never a panic.
 ///
@@ -82,6 +84,13 @@ impl DecodeError {
 /// assert_eq!(entry.endpoint().addr(), "127.0.0.1:41234");
 /// assert_eq!(entry.endpoint().instance_id(), Some("1"));
 /// assert!(decode_value(b"not json").is_err());
+///
+/// let Ok(Decoded::Endpoint(zoned)) =
+///     decode_value(br#"{"Addr":"127.0.0.1:1","Metadata":{"zone":"a"}}"#)
+/// else {
+///     panic!("an object metadata decodes");
+/// };
+/// assert_eq!(zoned.endpoint().metadata()["zone"], "a");
 /// ```
 pub fn decode_value(value: &[u8]) -> Result<Decoded, DecodeError> {
     let fields: BTreeMap<String, Box<RawValue>> = serde_json::from_slice(value).map_err(|e| {
@@ -120,6 +129,11 @@ pub fn decode_value(value: &[u8]) -> Result<Decoded, DecodeError> {
         .filter(|raw| *raw != "null");
     if let Some(id) = metadata.and_then(instance_id) {
         endpoint = endpoint.with_instance_id(id);
+    }
+    // The whole value, for policies (a zone, a weight). It is valid JSON
+    // already; nesting beyond serde_json's limit just leaves it out.
+    if let Some(value) = metadata.and_then(|raw| serde_json::from_str(raw).ok()) {
+        endpoint = endpoint.with_metadata(value);
     }
     Ok(Decoded::Endpoint(Entry {
         endpoint,
@@ -287,6 +301,20 @@ mod tests {
             entry(r#"{"Addr":"a:1","Metadata":{"id":"1"}}"#).metadata(),
             Some(r#"{"id":"1"}"#)
         );
+    }
+
+    #[test]
+    fn the_whole_metadata_value_reaches_the_endpoint() {
+        let zoned = entry(r#"{"Addr":"a:1","Metadata":{"zone":"a","weight":3}}"#);
+        assert_eq!(
+            zoned.endpoint().metadata(),
+            &serde_json::json!({"zone": "a", "weight": 3})
+        );
+        // Go's string form: the id, and the same string as the metadata.
+        let go = entry(r#"{"Op":0,"Addr":"a:1","Metadata":"7"}"#);
+        assert_eq!(go.endpoint().metadata(), "7");
+        assert_eq!(go.endpoint().instance_id(), Some("7"));
+        assert!(entry(r#"{"Addr":"a:1"}"#).endpoint().metadata().is_null());
     }
 
     #[test]

@@ -27,6 +27,7 @@ use tonic::{Request, Response, Status, Streaming};
 struct EchoService {
     id: String,
     slow_call: Arc<tokio::sync::Notify>,
+    delay_ms: Arc<AtomicU64>,
 }
 
 type ReplyStream = Pin<Box<dyn Stream<Item = Result<EchoResponse, Status>> + Send>>;
@@ -38,6 +39,13 @@ impl Echo for EchoService {
         req: Request<EchoRequest>,
     ) -> Result<Response<EchoResponse>, Status> {
         let message = req.into_inner().message;
+        let delay = self.delay_ms.load(Ordering::Relaxed);
+        if delay > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+        }
+        if message == "fail" {
+            return Err(Status::internal(format!("failed (from {})", self.id)));
+        }
         if message == "slow" {
             // Stays in flight until the server dies.
             self.slow_call.notify_one();
@@ -81,6 +89,8 @@ pub struct TestServer {
     pub connections: Arc<AtomicU64>,
     /// Notified when a call with message "slow" arrives (it never returns).
     pub slow_call: Arc<tokio::sync::Notify>,
+    /// Added before every reply, in milliseconds (0: none).
+    pub delay_ms: Arc<AtomicU64>,
     runtime: Option<tokio::runtime::Runtime>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     stopped: Option<tokio::sync::oneshot::Receiver<()>>,
@@ -134,9 +144,11 @@ impl TestServer {
         let connections = Arc::new(AtomicU64::new(0));
         let counter = connections.clone();
         let slow_call = Arc::new(tokio::sync::Notify::new());
+        let delay_ms = Arc::new(AtomicU64::new(0));
         let service = EchoServer::new(EchoService {
             id: id.to_string(),
             slow_call: slow_call.clone(),
+            delay_ms: delay_ms.clone(),
         });
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
@@ -162,6 +174,7 @@ impl TestServer {
             addr,
             connections,
             slow_call,
+            delay_ms,
             runtime: Some(runtime),
             stop: Some(stop_tx),
             stopped: Some(stopped_rx),
