@@ -4,7 +4,8 @@
 //! the request path, to build a [`Picker`] each time the set of pickable
 //! endpoints changes. The picker is immutable (interior atomics aside) and is
 //! called for every request with the request and that same slice of
-//! endpoints. The built-in policies ([`RoundRobin`], the default) are
+//! endpoints. The built-in policies ([`RoundRobin`], the default,
+//! [`LeastRequest`](crate::LeastRequest), [`RingHash`](crate::RingHash)) are
 //! written against these same traits; nothing is privileged.
 //!
 //! A [`Sticky`](crate::Sticky) request never reaches the picker while its
@@ -153,7 +154,8 @@ impl<'a> PickRequest<'a> {
         &self.parts.headers
     }
 
-    /// The request's extensions (e.g. [`Sticky`](crate::Sticky)).
+    /// The request's extensions (e.g. a [`HashKey`](crate::HashKey) or
+    /// [`Sticky`](crate::Sticky)).
     pub fn extensions(&self) -> &'a http::Extensions {
         &self.parts.extensions
     }

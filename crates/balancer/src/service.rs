@@ -78,14 +78,17 @@ impl Builder {
     }
 
     /// How requests are spread over the READY endpoints: [`RoundRobin`]
-    /// (the default) or a policy of your own (see [`Policy`]). A [`Sticky`]
-    /// request goes to its instance whatever the policy.
+    /// (the default), [`LeastRequest`], [`RingHash`], or a policy of your
+    /// own (see [`Policy`]). A [`Sticky`] request goes to its instance
+    /// whatever the policy.
     ///
     /// ```
-    /// let builder = balancer::Balancer::builder().policy(balancer::RoundRobin);
+    /// let builder = balancer::Balancer::builder().policy(balancer::LeastRequest::new());
     /// ```
     ///
     /// [`RoundRobin`]: crate::RoundRobin
+    /// [`LeastRequest`]: crate::LeastRequest
+    /// [`RingHash`]: crate::RingHash
     pub fn policy(mut self, policy: impl Policy) -> Self {
         self.config.policy = PolicyHandle(Arc::new(policy));
         self
@@ -266,7 +269,7 @@ impl Balancer {
 
     /// [`pick_with`](Self::pick_with) for the request whose head is
     /// `request`: its [`Sticky`] extension, and whatever the policy reads
-    /// from it, count.
+    /// (e.g. a [`HashKey`](crate::HashKey)), count.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {

@@ -11,8 +11,8 @@ use std::{
 };
 
 use balancer::{
-    BackoffConfig, Balancer, Change, PickRequest, Picker, Policy, ReadyEndpoint, ServedBy,
-    ServedByExt, StickyExt,
+    BackoffConfig, Balancer, Change, Endpoint, HashKey, HashKeyExt, LeastRequest, PickRequest,
+    Picker, Policy, ReadyEndpoint, RingHash, RoundRobin, ServedBy, ServedByExt, StickyExt,
 };
 use echo_proto::{EchoRequest, echo_client::EchoClient};
 use support::{TestServer, discovery, from, hi};
@@ -226,4 +226,262 @@ async fn outstanding_requests_are_counted_exactly() {
         "calls, failures: the cancelled one counts neither way"
     );
     assert!(signals.latency().is_some());
+}
+
+fn builtin_policies() -> Vec<(&'static str, Box<dyn Policy>)> {
+    vec![
+        ("round-robin", Box::new(RoundRobin)),
+        ("least-request", Box::new(LeastRequest::new())),
+        ("ring-hash", Box::new(RingHash::new())),
+    ]
+}
+
+#[tokio::test]
+async fn sticky_overrides_every_policy_and_served_by_is_right_for_each() {
+    let servers = [
+        TestServer::start("1"),
+        TestServer::start("2"),
+        TestServer::start("3"),
+    ];
+    for (name, policy) in builtin_policies() {
+        let changes: Vec<Change> = servers.iter().map(TestServer::insert).collect();
+        let balancer = Balancer::builder()
+            .backoff(fast_backoff())
+            .policy(policy)
+            .build(futures::stream::iter(changes));
+        balancer.wait_for_ready(3).await;
+        let mut client = EchoClient::new(balancer);
+        for i in 0..12 {
+            // Every request carries a key, which only ring-hash reads.
+            let request = tonic::Request::new(hi()).hash_key(format!("k{i}"));
+            let reply = client.unary_echo(request).await.expect("call");
+            let served = reply.served_by().expect("served by").clone();
+            let answered = from(&reply.into_inner().message);
+            assert_eq!(served.instance_id(), Some(answered.as_str()), "{name}");
+            let server = servers.iter().find(|s| s.id == answered).expect("server");
+            assert_eq!(served.addr(), server.addr.to_string(), "{name}");
+
+            let sticky = tonic::Request::new(hi())
+                .hash_key(format!("k{i}"))
+                .sticky("2");
+            let reply = client.unary_echo(sticky).await.expect("sticky call");
+            let served = reply.served_by().expect("served by").clone();
+            assert_eq!(from(&reply.into_inner().message), "2", "{name}");
+            assert_eq!(served.instance_id(), Some("2"), "{name}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_request_sends_a_slow_server_few_calls() {
+    let servers = [
+        TestServer::start("fast-1"),
+        TestServer::start("fast-2"),
+        TestServer::start("slow"),
+    ];
+    // Least request parks about a third of the callers on the slow server,
+    // so its share of calls is about (fast call time) / (2 × its delay).
+    servers[2].delay_ms.store(200, Ordering::Relaxed);
+    let changes: Vec<Change> = servers.iter().map(TestServer::insert).collect();
+    let balancer = Balancer::builder()
+        .backoff(fast_backoff())
+        .policy(LeastRequest::new())
+        .build(futures::stream::iter(changes));
+    balancer.wait_for_ready(3).await;
+    // Closed loop: 6 callers, each calling again as soon as its call ends,
+    // until 600 calls have been started between them. (Callers that run on
+    // alone at the end would see no outstanding calls to compare, so all
+    // stop together.)
+    let budget = std::sync::Arc::new(AtomicUsize::new(600));
+    let tasks: Vec<_> = (0..6)
+        .map(|_| {
+            let mut client = EchoClient::new(balancer.clone());
+            let budget = budget.clone();
+            tokio::spawn(async move {
+                let mut counts: HashMap<String, usize> = HashMap::new();
+                while budget
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                    .is_ok()
+                {
+                    let reply = client.unary_echo(hi()).await.expect("call");
+                    *counts.entry(from(&reply.into_inner().message)).or_default() += 1;
+                }
+                counts
+            })
+        })
+        .collect();
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for task in tasks {
+        for (id, n) in task.await.expect("worker") {
+            *counts.entry(id).or_default() += n;
+        }
+    }
+    let total: usize = counts.values().sum();
+    assert_eq!(total, 600);
+    let slow = counts.get("slow").copied().unwrap_or(0);
+    assert!(
+        slow * 10 < total,
+        "the slow server got {slow} of {total} calls: {counts:?}"
+    );
+    let outstanding: u64 = balancer
+        .ready_endpoints()
+        .iter()
+        .map(|e| e.signals().outstanding())
+        .sum();
+    assert_eq!(outstanding, 0, "every call ended");
+}
+
+const KEYS: usize = 10_000;
+
+/// Each of `KEYS` keys' instance under `balancer`, by pick (nothing sent).
+fn mapping(balancer: &Balancer) -> Vec<String> {
+    let (mut head, ()) = http::Request::new(()).into_parts();
+    (0..KEYS)
+        .map(|i| {
+            head.extensions.insert(HashKey::new(format!("key-{i}")));
+            balancer
+                .pick_for(&head, |e| e.instance_id().unwrap_or("?").to_string())
+                .expect("a pick")
+        })
+        .collect()
+}
+
+/// The ring as `RingHash`'s docs define it, computed here independently:
+/// each key's owner among `names`.
+fn documented_mapping(names: &[&str]) -> Vec<String> {
+    let per = RingHash::new().nodes_per_endpoint(names.len());
+    let mut ring: Vec<(u64, &str)> = names
+        .iter()
+        .flat_map(|name| (0..per).map(move |i| (HashKey::new(format!("{name}_{i}")).hash(), *name)))
+        .collect();
+    ring.sort();
+    (0..KEYS)
+        .map(|i| {
+            let point = HashKey::new(format!("key-{i}")).hash();
+            let at = ring.partition_point(|&(h, _)| h < point);
+            ring[at % ring.len()].1.to_string()
+        })
+        .collect()
+}
+
+/// `ids` as endpoints on `server`'s address (one connection each).
+fn on(server: &TestServer, ids: &[&str]) -> Vec<Change> {
+    ids.iter()
+        .map(|id| {
+            let endpoint = Endpoint::new(&server.addr.to_string())
+                .expect("endpoint")
+                .with_instance_id(*id);
+            Change::Insert(id.to_string(), endpoint)
+        })
+        .collect()
+}
+
+async fn ring_balancer(
+    changes: impl futures::Stream<Item = Change> + Send + 'static,
+    n: usize,
+) -> Balancer {
+    let balancer = Balancer::builder()
+        .backoff(fast_backoff())
+        .policy(RingHash::new())
+        .build(changes);
+    balancer.wait_for_ready(n).await;
+    balancer
+}
+
+#[tokio::test]
+async fn ring_hash_is_the_same_everywhere_and_moves_only_the_keys_of_what_changed() {
+    let server = TestServer::start("x");
+    let three = on(&server, &["a", "b", "c"]);
+    let (tx, changes) = discovery();
+    for change in three.clone() {
+        tx.send(change).expect("send");
+    }
+    let first = ring_balancer(changes, 3).await;
+    // Built independently, the endpoints inserted in another order.
+    let mut reversed = three.clone();
+    reversed.reverse();
+    let second = ring_balancer(futures::stream::iter(reversed), 3).await;
+
+    let before = mapping(&first);
+    assert_eq!(before, mapping(&second), "two clients, one mapping");
+    assert_eq!(
+        before,
+        documented_mapping(&["a", "b", "c"]),
+        "the documented ring"
+    );
+
+    // A fourth endpoint takes keys only for itself, about a quarter.
+    tx.send(on(&server, &["d"]).remove(0)).expect("send");
+    first.wait_for_ready(4).await;
+    let after = mapping(&first);
+    assert_eq!(after, documented_mapping(&["a", "b", "c", "d"]));
+    let moved: Vec<usize> = (0..KEYS).filter(|&i| before[i] != after[i]).collect();
+    assert!(!moved.is_empty());
+    assert!(
+        moved.iter().all(|&i| after[i] == "d"),
+        "keys moved only to the new one"
+    );
+    assert!(
+        moved.len() as f64 <= 1.3 / 4.0 * KEYS as f64,
+        "{} of {KEYS} keys moved",
+        moved.len()
+    );
+
+    // Removing it gives every key back.
+    tx.send(Change::Remove("d".into())).expect("send");
+    first.wait_until(|all| all.len() == 3).await;
+    assert_eq!(mapping(&first), before, "the exact previous mapping");
+}
+
+#[tokio::test]
+async fn ring_hash_spreads_keys_evenly_over_ten_endpoints() {
+    let server = TestServer::start("x");
+    let ids: Vec<String> = (0..10).map(|i| format!("game-{i}")).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let balancer = ring_balancer(futures::stream::iter(on(&server, &ids)), 10).await;
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for id in mapping(&balancer) {
+        *counts.entry(id).or_default() += 1;
+    }
+    assert_eq!(counts.len(), 10, "{counts:?}");
+    let max = *counts.values().max().expect("counts") as f64;
+    let mean = KEYS as f64 / 10.0;
+    assert!(max / mean <= 1.25, "max/mean {:.3}: {counts:?}", max / mean);
+}
+
+#[tokio::test]
+async fn a_key_whose_instance_is_down_goes_to_the_next_and_comes_back() {
+    let steady = TestServer::start("x");
+    let mut flaky = TestServer::start("d");
+    let (tx, changes) = discovery();
+    for change in on(&steady, &["a", "b", "c"]) {
+        tx.send(change).expect("send");
+    }
+    tx.send(flaky.insert()).expect("send");
+    let balancer = ring_balancer(changes, 4).await;
+    let all_up = mapping(&balancer);
+    assert_eq!(all_up, documented_mapping(&["a", "b", "c", "d"]));
+
+    let addr = flaky.addr;
+    flaky.kill();
+    balancer
+        .wait_until(|all| {
+            all.iter()
+                .filter(|e| e.state == balancer::ConnectivityState::Ready)
+                .count()
+                == 3
+        })
+        .await;
+    let d_down = mapping(&balancer);
+    // The next READY endpoint on the ring: the ring without d's nodes.
+    assert_eq!(d_down, documented_mapping(&["a", "b", "c"]));
+    for i in 0..KEYS {
+        if all_up[i] != "d" {
+            assert_eq!(d_down[i], all_up[i], "key {i} was not d's: it stays");
+        }
+    }
+
+    let _back = TestServer::start_on(addr, "d");
+    balancer.wait_for_ready(4).await;
+    assert_eq!(mapping(&balancer), all_up, "d's keys come back");
 }

@@ -154,8 +154,13 @@ impl TestServer {
         let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
         runtime.spawn(async move {
             let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-            let incoming = TcpListenerStream::new(listener).inspect(move |_| {
+            let incoming = TcpListenerStream::new(listener).map(move |tcp| {
                 counter.fetch_add(1, Ordering::Relaxed);
+                // As real servers do: without it, Nagle holds a reply's
+                // trailers for the client's delayed ACK (~40 ms).
+                tcp.inspect(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                })
             });
             let mut builder = tonic::transport::Server::builder();
             if let Some(tls) = tls {

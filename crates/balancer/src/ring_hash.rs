@@ -1,0 +1,307 @@
+//! Ring hash: consistent hashing of a request key onto a ring of virtual
+//! nodes.
+
+use crate::{PickRequest, Picker, Policy, ReadyEndpoint};
+
+/// Consistent hashing (gRFC A42, Envoy's `RING_HASH`): a request carrying a
+/// [`HashKey`] goes to the endpoint that owns the key's point on a ring of
+/// virtual nodes, so every client process with the same endpoints sends a
+/// key to the same instance, and a change of the set moves only the keys of
+/// the endpoints that came or went. A request without a key goes to a random
+/// endpoint.
+///
+/// **The ring, exactly** (so that any implementation can reproduce it):
+/// - The hash is XXH64 with seed 0 (the one grpc-go's `ring_hash` uses).
+/// - Each READY endpoint is named by its instance id, or its address
+///   (`host:port`) when it has none; it gets `v` virtual nodes at
+///   `XXH64("<name>_<i>")` for `i` in `0..v`.
+/// - `v` is the same for every endpoint: with `n` endpoints and
+///   `m` = [`min_ring_size`](Self::min_ring_size), `v = ceil(m / (2^(b-1) +
+///   1))` where `b = ceil(log2 n)` (for `n = 1`, `v = m`). So the ring has at
+///   least `m` nodes, and `v` changes only when `n` crosses a power of two:
+///   between such counts (3 and 4, 9 and 16, …) adding an endpoint moves keys
+///   only to it, and removing it gives them back exactly.
+/// - Nodes are sorted by hash (ties: by name, then address); a key's point is
+///   `XXH64(key)`, and its endpoint the first node at or after the point,
+///   wrapping around. An endpoint that is not READY has no nodes, so its
+///   keys go to the next READY endpoint on the ring, and come back when it
+///   returns.
+///
+/// The ring is built in the balancer's owner task each time the READY set
+/// changes, never on the request path; a pick is a binary search.
+///
+/// ```
+/// use balancer::{HashKeyExt, RingHash};
+///
+/// let builder = balancer::Balancer::builder().policy(RingHash::new().min_ring_size(4096));
+/// let request = tonic::Request::new(()).hash_key("player-42");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingHash {
+    min_ring_size: usize,
+}
+
+/// The largest ring, in nodes (A42's upper bound on `max_ring_size`).
+const MAX_RING_SIZE: usize = 1 << 23;
+
+impl RingHash {
+    /// A ring of at least 1024 nodes (A42's default minimum).
+    pub fn new() -> Self {
+        Self {
+            min_ring_size: 1024,
+        }
+    }
+
+    /// The fewest nodes on the ring (1 to 8 388 608). More nodes spread keys
+    /// more evenly, at the cost of memory and build time; a pick's cost
+    /// grows with the logarithm.
+    pub fn min_ring_size(mut self, nodes: usize) -> Self {
+        self.min_ring_size = nodes.clamp(1, MAX_RING_SIZE);
+        self
+    }
+
+    /// Virtual nodes per endpoint with `n` endpoints (see the type's docs).
+    pub fn nodes_per_endpoint(&self, n: usize) -> usize {
+        if n <= 1 {
+            return self.min_ring_size;
+        }
+        let band = usize::BITS - (n - 1).leading_zeros(); // ceil(log2 n)
+        let smallest_in_band = (1usize << (band - 1)) + 1;
+        self.min_ring_size.div_ceil(smallest_in_band).max(1)
+    }
+}
+
+impl Default for RingHash {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Policy for RingHash {
+    fn build(&self, ready: &[ReadyEndpoint]) -> Box<dyn Picker> {
+        let per_endpoint = self.nodes_per_endpoint(ready.len());
+        let names: Vec<&str> = ready
+            .iter()
+            .map(|e| e.endpoint().instance_id().unwrap_or(e.endpoint().addr()))
+            .collect();
+        let mut nodes: Vec<(u64, u32)> = Vec::with_capacity(ready.len() * per_endpoint);
+        let mut label = String::new();
+        for (index, name) in names.iter().enumerate() {
+            let index = u32::try_from(index).unwrap_or(u32::MAX);
+            for i in 0..per_endpoint {
+                label.clear();
+                label.push_str(name);
+                label.push('_');
+                push_decimal(&mut label, i);
+                nodes.push((xxh64(label.as_bytes(), 0), index));
+            }
+        }
+        nodes.sort_unstable_by(|a, b| {
+            a.0.cmp(&b.0).then_with(|| {
+                let (x, y) = (&ready[a.1 as usize], &ready[b.1 as usize]);
+                names[a.1 as usize]
+                    .cmp(names[b.1 as usize])
+                    .then_with(|| x.endpoint().addr().cmp(y.endpoint().addr()))
+            })
+        });
+        let (hashes, owners) = nodes.into_iter().unzip();
+        Box::new(RingPicker { hashes, owners })
+    }
+
+    fn name(&self) -> &str {
+        "ring-hash"
+    }
+}
+
+fn push_decimal(s: &mut String, n: usize) {
+    use std::fmt::Write as _;
+    let _ = write!(s, "{n}");
+}
+
+struct RingPicker {
+    /// Node hashes, ascending; searched on every pick.
+    hashes: Vec<u64>,
+    /// The index in `ready` owning each node.
+    owners: Vec<u32>,
+}
+
+impl Picker for RingPicker {
+    fn pick(&self, request: &PickRequest<'_>, ready: &[ReadyEndpoint]) -> Option<usize> {
+        if ready.is_empty() {
+            return None;
+        }
+        let Some(key) = request.extensions().get::<HashKey>() else {
+            return Some(fastrand::usize(..ready.len()));
+        };
+        let node = self.hashes.partition_point(|&h| h < key.0);
+        let owner = self.owners.get(node).or(self.owners.first())?;
+        Some(*owner as usize)
+    }
+}
+
+/// The key a [`RingHash`] balancer hashes, as a request extension; holds
+/// the key's XXH64 (seed 0), computed once when made.
+///
+/// Set it with [`HashKeyExt::hash_key`] on a `tonic::Request`, or insert it
+/// in an `http::Request`'s extensions. Other policies ignore it.
+///
+/// ```
+/// use balancer::HashKey;
+///
+/// assert_eq!(HashKey::new("abc").hash(), 0x44bc2cf5ad770999);
+/// assert_eq!(HashKey::new(b"abc"), HashKey::from_hash(0x44bc2cf5ad770999));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct HashKey(u64);
+
+impl HashKey {
+    /// The key `key` (any bytes: a user id, a session, a room).
+    pub fn new(key: impl AsRef<[u8]>) -> Self {
+        Self(xxh64(key.as_ref(), 0))
+    }
+
+    /// A key whose hash the caller computed already (with XXH64, seed 0, to
+    /// agree with other clients).
+    pub fn from_hash(hash: u64) -> Self {
+        Self(hash)
+    }
+
+    /// The key's point on the ring.
+    pub fn hash(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Adds a [`HashKey`] to a `tonic::Request`.
+pub trait HashKeyExt: Sized {
+    /// Routes this request by `key` under [`RingHash`].
+    fn hash_key(self, key: impl AsRef<[u8]>) -> Self;
+}
+
+impl<T> HashKeyExt for tonic::Request<T> {
+    fn hash_key(mut self, key: impl AsRef<[u8]>) -> Self {
+        self.extensions_mut().insert(HashKey::new(key));
+        self
+    }
+}
+
+const P1: u64 = 0x9E37_79B1_85EB_CA87;
+const P2: u64 = 0xC2B2_AE3D_27D4_EB4F;
+const P3: u64 = 0x1656_67B1_9E37_79F9;
+const P4: u64 = 0x85EB_CA77_C2B2_AE63;
+const P5: u64 = 0x27D4_EB2F_1656_67C5;
+
+fn round(acc: u64, input: u64) -> u64 {
+    acc.wrapping_add(input.wrapping_mul(P2))
+        .rotate_left(31)
+        .wrapping_mul(P1)
+}
+
+fn merge(acc: u64, value: u64) -> u64 {
+    (acc ^ round(0, value)).wrapping_mul(P1).wrapping_add(P4)
+}
+
+fn read_u64(b: &[u8]) -> u64 {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(word)
+}
+
+fn read_u32(b: &[u8]) -> u64 {
+    let mut word = [0u8; 4];
+    word.copy_from_slice(&b[..4]);
+    u64::from(u32::from_le_bytes(word))
+}
+
+/// XXH64 of `input` with `seed`, as specified by xxHash (Yann Collet).
+pub(crate) fn xxh64(input: &[u8], seed: u64) -> u64 {
+    let mut rest = input;
+    let mut h = if input.len() >= 32 {
+        let mut v = [
+            seed.wrapping_add(P1).wrapping_add(P2),
+            seed.wrapping_add(P2),
+            seed,
+            seed.wrapping_sub(P1),
+        ];
+        while rest.len() >= 32 {
+            for (lane, chunk) in v.iter_mut().zip(rest[..32].chunks_exact(8)) {
+                *lane = round(*lane, read_u64(chunk));
+            }
+            rest = &rest[32..];
+        }
+        let mut h = v[0]
+            .rotate_left(1)
+            .wrapping_add(v[1].rotate_left(7))
+            .wrapping_add(v[2].rotate_left(12))
+            .wrapping_add(v[3].rotate_left(18));
+        for lane in v {
+            h = merge(h, lane);
+        }
+        h
+    } else {
+        seed.wrapping_add(P5)
+    };
+    h = h.wrapping_add(input.len() as u64);
+    while rest.len() >= 8 {
+        h ^= round(0, read_u64(rest));
+        h = h.rotate_left(27).wrapping_mul(P1).wrapping_add(P4);
+        rest = &rest[8..];
+    }
+    if rest.len() >= 4 {
+        h ^= read_u32(rest).wrapping_mul(P1);
+        h = h.rotate_left(23).wrapping_mul(P2).wrapping_add(P3);
+        rest = &rest[4..];
+    }
+    for &byte in rest {
+        h ^= u64::from(byte).wrapping_mul(P5);
+        h = h.rotate_left(11).wrapping_mul(P1);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(P2);
+    h ^= h >> 29;
+    h = h.wrapping_mul(P3);
+    h ^ (h >> 32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xxh64_matches_the_reference() {
+        // From Go's github.com/cespare/xxhash (what grpc-go's ring_hash uses)
+        // on the same inputs.
+        let cases = [
+            ("", 0xef46db3751d8e999),
+            ("a", 0xd24ec4f1a98c6e5b),
+            ("abc", 0x44bc2cf5ad770999),
+            ("1_0", 0x11eb90a1ae538bb4),
+            ("127.0.0.1:50051_999", 0x02b9bb2067512282),
+            ("abcdefgh", 0x3ad351775b4634b7),
+            ("abcdefghijkl", 0x4b09b7d3a233d4b3),
+            ("0123456789abcdefghijklmnopqrstuvwxyz", 0x69196c1b3af0bff9),
+            (
+                "The quick brown fox jumps over the lazy dog, twice: the quick brown fox.",
+                0x05ddddec682d9f58,
+            ),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(xxh64(input.as_bytes(), 0), expected, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn nodes_per_endpoint_change_only_across_powers_of_two() {
+        let ring = RingHash::new();
+        assert_eq!(ring.nodes_per_endpoint(1), 1024);
+        assert_eq!(ring.nodes_per_endpoint(2), 512);
+        assert_eq!(ring.nodes_per_endpoint(3), ring.nodes_per_endpoint(4));
+        assert_eq!(ring.nodes_per_endpoint(9), ring.nodes_per_endpoint(16));
+        assert_ne!(ring.nodes_per_endpoint(4), ring.nodes_per_endpoint(5));
+        for n in 1..=20_000 {
+            let v = ring.nodes_per_endpoint(n);
+            assert!(v * n >= 1024, "{n} endpoints × {v} nodes");
+        }
+        assert_eq!(ring.nodes_per_endpoint(10_000), 1);
+    }
+}
