@@ -28,7 +28,7 @@ pub use cli_support::{
     PASSWORD_ENV, cert_file, duration, etcd_url, exit_on_usage_error, key_file, one_line,
 };
 
-use crate::Config;
+use crate::{Advertise, Config};
 
 /// Smallest accepted `--ttl` (etcd leases are whole seconds; the registry
 /// wants at least 2 s so that a keepalive fits in).
@@ -68,6 +68,11 @@ pub struct Args {
     /// registered.
     #[arg(long, default_value = "127.0.0.1:0", value_parser = listen_addr)]
     pub addr: SocketAddr,
+    /// The address to register, HOST[:PORT] (no port: the bound one);
+    /// default: the bound address, or for a wildcard bind (0.0.0.0, ::) a
+    /// detected address of this host, never the wildcard.
+    #[arg(long, value_name = "HOST[:PORT]", value_parser = advertise)]
+    pub advertise: Option<Advertise>,
     /// Lease TTL: how long the key outlives a crashed server (at least 2s).
     #[arg(long, default_value = "60s", value_parser = ttl)]
     pub ttl: Duration,
@@ -141,7 +146,7 @@ impl Args {
         args.etcd_password =
             cli_support::etcd_password(args.etcd_user.as_deref(), password).map_err(usage_error)?;
         if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
-            crate::server::tls_config(cert, key).map_err(|e| usage_error(e.to_string()))?;
+            serve::Tls::from_pem_files(cert, key).map_err(|e| usage_error(e.to_string()))?;
         }
         Ok(args)
     }
@@ -154,6 +159,7 @@ impl Args {
             service: self.service,
             etcd: self.etcd,
             addr: self.addr,
+            advertise: self.advertise,
             ttl: self.ttl,
             drain: self.drain,
             shutdown_timeout: self.shutdown_timeout,
@@ -182,6 +188,11 @@ pub fn listen_addr(s: &str) -> Result<SocketAddr, String> {
         "expected an IP address and a port, such as 127.0.0.1:50051, 0.0.0.0:0 or [::1]:50051"
             .into()
     })
+}
+
+/// An address to register: `HOST[:PORT]`, never a wildcard.
+pub fn advertise(s: &str) -> Result<Advertise, String> {
+    Advertise::parse(s).map_err(|e| e.to_string())
 }
 
 fn ttl(s: &str) -> Result<Duration, String> {
@@ -274,6 +285,31 @@ mod tests {
         );
         assert!(parse(&["--id", "1", "--addr", "127.0.0.1:99999"]).is_err());
         assert!(parse(&["--id", "1", "--addr", "[::1]:0"]).is_ok());
+    }
+
+    #[test]
+    fn advertise_takes_a_host_and_an_optional_port_but_never_a_wildcard() {
+        let config = parse(&["--id", "1", "--advertise", "game-1.internal"])
+            .unwrap()
+            .into_config();
+        assert_eq!(
+            config.advertise.map(|a| a.address(7)),
+            Some("game-1.internal:7".to_owned())
+        );
+        let err = parse(&["--id", "1", "--advertise", "0.0.0.0:50051"]).unwrap_err();
+        assert_eq!(
+            err,
+            "error: invalid value '0.0.0.0:50051' for '--advertise <HOST[:PORT]>': 0.0.0.0 is a \
+             wildcard, where a server listens, not an address clients can connect to: expected \
+             HOST or HOST:PORT, such as 10.0.0.5, game-1.internal:50051 or [2001:db8::1]:50051"
+        );
+        let err = parse(&["--id", "1", "--advertise", "h:0"]).unwrap_err();
+        assert!(
+            err.starts_with(
+                "error: invalid value 'h:0' for '--advertise <HOST[:PORT]>': port 0 is not a port"
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! [`Config`]: every setting of a server, with its defaults in one place.
 
 use cli_support::EtcdAuth;
+use serve::Advertise;
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 /// Default etcd endpoint, the same as the seed's and `etcdctl`'s.
@@ -16,6 +17,7 @@ pub const DEFAULT_ETCD_ENDPOINT: &str = "http://127.0.0.1:2379";
 /// | `service` | `game` | `--service` |
 /// | `etcd` | `http://127.0.0.1:2379` | `--etcd` (repeatable), env `ETCD_ENDPOINTS` |
 /// | `addr` | `127.0.0.1:0` (any free port) | `--addr` |
+/// | `advertise` | none: the bound address (a wildcard bind: a detected address of this host) | `--advertise` |
 /// | `ttl` | 60 s (at least 2 s) | `--ttl` |
 /// | `drain` | 1 s | `--drain` |
 /// | `shutdown_timeout` | 10 s | `--shutdown-timeout` |
@@ -26,7 +28,7 @@ pub const DEFAULT_ETCD_ENDPOINT: &str = "http://127.0.0.1:2379";
 /// | `strict_authority` | false (grpc-go's `:authority` is fixed on the way in) | `--strict-authority` |
 /// | `connect_timeout` | 5 s (no flag) | |
 ///
-/// The key registered is `discovery/<env>/<service>/<bound address>` and its
+/// The key registered is `discovery/<env>/<service>/<advertised address>` and its
 /// metadata is the id as a JSON string.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -42,6 +44,11 @@ pub struct Config {
     /// Address to listen on; port 0 picks a free one. The bound address is
     /// what gets registered, so it must be one clients can reach.
     pub addr: SocketAddr,
+    /// The address to register, `HOST[:PORT]` (no port: the bound one);
+    /// `None` registers the bound address, or for a wildcard bind
+    /// (`0.0.0.0`, `::`) a detected address of this host, never the
+    /// wildcard.
+    pub advertise: Option<Advertise>,
     /// Lease TTL: how long the key outlives a server that died without
     /// deregistering.
     pub ttl: Duration,
@@ -65,7 +72,7 @@ pub struct Config {
     /// (etcd down at start).
     pub connect_timeout: Duration,
     /// `false` (the default): accepted connections go through
-    /// [`authority_fix`], which rewrites the `:authority` grpc-go clients send
+    /// `authority-fix` (through `serve`), which rewrites the `:authority` grpc-go clients send
     /// (`discovery%2Fdev%2Fgame`) to a same-length value h2 accepts.
     /// `true`: h2 rejects such requests (RST_STREAM PROTOCOL_ERROR) and the
     /// server logs one WARN per such connection naming the Go-side fix,
@@ -82,6 +89,7 @@ impl Config {
             service: "game".to_owned(),
             etcd: vec![DEFAULT_ETCD_ENDPOINT.to_owned()],
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertise: None,
             ttl: Duration::from_secs(60),
             drain: Duration::from_secs(1),
             shutdown_timeout: Duration::from_secs(10),

@@ -4,11 +4,14 @@
 //! Every reply is `<message> (from <id>)`. Besides the Echo service the
 //! server answers `grpc.health.v1.Health` (tonic-health) and gRPC server
 //! reflection (v1 and v1alpha, so `grpcurl` works without the proto). It
-//! binds its address, registers `discovery/<env>/<service>/<bound addr>`
-//! with the id as metadata (a JSON string, what Go's `endpoints.Manager`
+//! binds its address, registers `discovery/<env>/<service>/<addr>` (the
+//! `--advertise` address, else the bound one, never a wildcard) with the id
+//! as metadata (a JSON string, what Go's `endpoints.Manager`
 //! writes), and on shutdown goes: health `NOT_SERVING` → delete the key and
 //! revoke the lease → wait the drain delay → stop gracefully, bounded by a
-//! timeout. Stopping a server under load fails no call.
+//! timeout. Stopping a server under load fails no call. That lifecycle is
+//! the [`serve`] crate's, which any tonic service can use; this crate is a
+//! thin user of it.
 //!
 //! Must not depend on the resolver or the balancer.
 //!
@@ -32,7 +35,7 @@
 //!
 //! ```text
 //! echo-server --id <ID> [--env dev] [--service game] [--etcd URL]...
-//!             [--addr 127.0.0.1:0] [--ttl 60s] [--drain 1s] [--shutdown-timeout 10s]
+//!             [--addr 127.0.0.1:0] [--advertise HOST[:PORT]] [--ttl 60s] [--drain 1s] [--shutdown-timeout 10s]
 //!             [--etcd-ca PEM [--etcd-cert PEM --etcd-key PEM]] [--etcd-user USER]
 //!             [--tls-cert PEM --tls-key PEM]
 //! ```
@@ -42,7 +45,8 @@
 //! | `--id` | required | instance id, in replies and in the etcd metadata |
 //! | `--env`, `--service` | `dev`, `game` | key prefix `discovery/<env>/<service>` |
 //! | `--etcd` | `http://127.0.0.1:2379`, or `ETCD_ENDPOINTS` (comma list) | etcd URLs, repeatable |
-//! | `--addr` | `127.0.0.1:0` | listen address; the bound one is registered |
+//! | `--addr` | `127.0.0.1:0` | listen address |
+//! | `--advertise` | the bound address; for a wildcard bind (`0.0.0.0`, `::`) a detected address of this host (first non-loopback interface address; loopback with a warning if there is none), logged | the address registered, `HOST[:PORT]` (no port: the bound one); never a wildcard |
 //! | `--ttl` | `60s` (≥ 2s) | lease TTL |
 //! | `--drain` | `1s` | delay between deregistering and stopping |
 //! | `--shutdown-timeout` | `10s` | limit for in-flight calls when stopping |
@@ -66,7 +70,6 @@
 //! the key of `--tls-cert`. `docs/bad-input.md` lists every message.
 
 mod config;
-mod error;
 mod server;
 mod service;
 
@@ -74,6 +77,6 @@ pub mod cli;
 
 pub use cli_support::{EtcdAuth, Password};
 pub use config::{Config, DEFAULT_ETCD_ENDPOINT};
-pub use error::{Error, ErrorKind};
-pub use server::{Server, run, tls_config};
+pub use serve::{Advertise, Error, ErrorKind};
+pub use server::{Server, run};
 pub use service::{EchoService, ReplyStream};

@@ -4,7 +4,6 @@
 use std::process::ExitCode;
 
 use echo_server::cli::Args;
-use tokio::signal::unix::{SignalKind, signal};
 
 fn main() -> ExitCode {
     let args = Args::parse_or_exit();
@@ -17,29 +16,14 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let (first_tx, first_rx) = tokio::sync::oneshot::channel();
         // Installed before anything else, so that an early signal drains
-        // instead of killing the process.
-        let (mut int, mut term) = match (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) {
-            (Ok(i), Ok(t)) => (i, t),
-            (Err(e), _) | (_, Err(e)) => {
-                eprintln!("error: cannot install signal handlers: {e}");
+        // instead of killing the process; a second one exits with 130.
+        let shutdown = match serve::shutdown_signal() {
+            Ok(shutdown) => shutdown,
+            Err(e) => {
+                eprintln!("error: {e}");
                 return ExitCode::FAILURE;
             }
-        };
-        tokio::spawn(async move {
-            tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
-            tracing::info!("signal received: draining (signal again to exit at once)");
-            let _ = first_tx.send(());
-            tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
-            tracing::warn!("second signal: exiting now");
-            std::process::exit(130);
-        });
-        let shutdown = async {
-            let _ = first_rx.await;
         };
         match echo_server::run(args.into_config(), shutdown).await {
             Ok(()) => ExitCode::SUCCESS,

@@ -15,6 +15,7 @@ const FLAGS: &[&str] = &[
     "--etcd-key",
     "--etcd-user",
     "--addr",
+    "--advertise",
     "--ttl",
     "--drain",
     "--shutdown-timeout",

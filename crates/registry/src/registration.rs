@@ -195,6 +195,35 @@ impl Registration {
         self
     }
 
+    /// Replaces the address to register (`host:port`), e.g. once a server
+    /// knows which port it was bound to.
+    ///
+    /// ```
+    /// let r = registry::Registration::new("discovery/dev/game", "")
+    ///     .address("10.0.0.5:50051");
+    /// assert_eq!(r.key(), "discovery/dev/game/10.0.0.5:50051");
+    /// ```
+    pub fn address(mut self, address: impl Into<String>) -> Self {
+        self.address = address.into();
+        self
+    }
+
+    /// The address as given to [`new`](Self::new) or
+    /// [`address`](Self::address), not yet validated.
+    ///
+    /// ```
+    /// let r = registry::Registration::new("discovery/dev/game", "game-1.internal");
+    /// assert_eq!(r.registered_address(), "game-1.internal");
+    /// ```
+    pub fn registered_address(&self) -> &str {
+        &self.address
+    }
+
+    /// The key prefix, as given to [`new`](Self::new).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// The etcd key this registration writes: `<prefix>/<address>`.
     pub fn key(&self) -> String {
         format!("{}/{}", self.prefix, self.address)
@@ -353,9 +382,11 @@ fn validate_address(address: &str) -> Result<(), Error> {
             "invalid address {address:?}: {why}; expected host:port such as 127.0.0.1:50051"
         )))
     };
-    if address.parse::<std::net::SocketAddr>().is_ok() {
-        return if address.ends_with(":0") {
+    if let Ok(socket) = address.parse::<std::net::SocketAddr>() {
+        return if socket.port() == 0 {
             bad("port 0 is not a port clients can connect to")
+        } else if socket.ip().is_unspecified() {
+            bad("a wildcard address is where a server listens, not one clients can connect to")
         } else {
             Ok(())
         };
@@ -413,6 +444,8 @@ mod tests {
             "a b:1",
             "h/x:1",
             "127.0.0.1:0",
+            "0.0.0.0:50051",
+            "[::]:50051",
         ] {
             assert!(validate_address(a).is_err(), "{a}");
         }

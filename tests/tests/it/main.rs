@@ -1,5 +1,6 @@
 //! End-to-end tests against a real etcd. Run with `cargo xtask test`.
 
+mod advertise;
 mod echo;
 mod etcd;
 mod security;
