@@ -54,7 +54,7 @@ pub(crate) struct Conn {
 
 enum ConnIo {
     Tcp(TcpStream),
-    Fixed(AuthorityFix<TcpStream>),
+    Fixed(Box<AuthorityFix<TcpStream>>),
     Boxed(BoxIo),
 }
 
@@ -182,7 +182,7 @@ impl Incoming {
         let Some((acceptor, timeout)) = &self.tls else {
             let io = match (authority, &self.wrap) {
                 (None, None) => ConnIo::Tcp(tcp),
-                (Some(fix), None) => ConnIo::Fixed(fix.wrap(tcp)),
+                (Some(fix), None) => ConnIo::Fixed(Box::new(fix.wrap(tcp))),
                 (None, Some(wrap)) => ConnIo::Boxed(wrap(Box::new(tcp), &info)),
                 (Some(fix), Some(wrap)) => ConnIo::Boxed(wrap(Box::new(fix.wrap(tcp)), &info)),
             };
