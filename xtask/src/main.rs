@@ -2,7 +2,9 @@
 //!
 //! - `etcd`: start an etcd (`--members 3`: a local 3-member cluster) and
 //!   print its endpoints until Ctrl-C;
-//! - `test`: provision etcd, run the workspace's tests against it, stop it;
+//! - `test`: check formatting (`cargo fmt --check`) and lints (`cargo
+//!   clippy -D warnings`), provision etcd, run the workspace's tests against
+//!   it, stop it;
 //! - `demo`: replay the seed scenario with real processes;
 //! - `bench`: throughput, latency, pick cost, propagation, failover, scale;
 //! - `chaos`: load over real servers while servers and etcd are killed.
@@ -38,7 +40,8 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         members: usize,
     },
-    /// Provision etcd and run every test of the workspace against it.
+    /// Check fmt and clippy, provision etcd and run every test of the
+    /// workspace against it.
     Test {
         /// Extra arguments passed to `cargo test` (after `--`).
         #[arg(last = true)]
@@ -118,6 +121,8 @@ fn run_etcd(members: usize, interrupt: &mpsc::Receiver<()>) -> Result<ExitCode> 
 
 fn run_tests(extra: &[String]) -> Result<ExitCode> {
     let protoc = ensure_protoc()?;
+    // Style first: it fails in seconds where the tests take minutes.
+    check_style(&protoc)?;
     // The end-to-end tests run these binaries (they would build them too,
     // from inside the test; doing it here shows the compiler output).
     build_binaries(&protoc)?;
@@ -136,6 +141,36 @@ fn run_tests(extra: &[String]) -> Result<ExitCode> {
     let status = cmd.status()?;
     drop(etcd);
     Ok(exit_code(status.code()))
+}
+
+/// `cargo fmt --all --check`, then `cargo clippy --workspace --all-targets
+/// -- -D warnings`; a failure names the command that fixes or shows it.
+/// Clippy type-checks the workspace (no code generation), so it adds a
+/// check build's time to a cold run and seconds to a warm one.
+fn check_style(protoc: &Path) -> Result<()> {
+    eprintln!("xtask: cargo fmt --all --check");
+    let status = cargo().args(["fmt", "--all", "--check"]).status()?;
+    if !status.success() {
+        return Err("the code is not formatted (the diff is above): run `cargo fmt --all`".into());
+    }
+    let clippy = [
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ];
+    eprintln!("xtask: cargo {}", clippy.join(" "));
+    let status = cargo().args(clippy).env("PROTOC", protoc).status()?;
+    if !status.success() {
+        return Err(format!(
+            "clippy found problems (above): fix them, then check with `cargo {}`",
+            clippy.join(" ")
+        )
+        .into());
+    }
+    Ok(())
 }
 
 /// `cargo build -p echo-server -p echo-client`, for the demo and the
