@@ -139,8 +139,14 @@ impl Proc {
 
     /// [`spawn`](Self::spawn) with extra environment variables.
     pub fn spawn_with(name: &str, bin: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let path = bin_path(bin);
-        let mut cmd = Command::new(&path);
+        Self::spawn_exe(name, &bin_path(bin), args, env)
+    }
+
+    /// [`spawn_with`](Self::spawn_with) for the executable at `path`, e.g. a
+    /// binary of another package (`env!("CARGO_BIN_EXE_<name>")` in its
+    /// tests).
+    pub fn spawn_exe(name: &str, path: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(path);
         cmd.args(args)
             .env_remove("ETCD_ENDPOINTS")
             .env("RUST_LOG", "info")
