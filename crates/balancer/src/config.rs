@@ -61,6 +61,12 @@ pub struct EndpointConfig {
     pub initial_connection_window_size: Option<u32>,
     /// TLS for every connection. Default `None`: plaintext (h2c).
     pub tls: Option<crate::TlsConfig>,
+    /// Frozen-server detection: a server with calls in flight that sends
+    /// nothing for a while is suspected (no new calls) and probed with a
+    /// PING, within grpc-go servers' ping limits; no answer, and the
+    /// connection is treated as dead. Default on, with
+    /// [`FreezeDetection::default`](crate::FreezeDetection); `None` turns it off.
+    pub freeze_detection: Option<crate::FreezeDetection>,
 }
 
 impl Default for EndpointConfig {
@@ -73,6 +79,7 @@ impl Default for EndpointConfig {
             initial_stream_window_size: None,
             initial_connection_window_size: None,
             tls: None,
+            freeze_detection: Some(crate::FreezeDetection::default()),
         }
     }
 }

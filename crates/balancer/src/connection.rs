@@ -7,19 +7,20 @@
 //! server (its SETTINGS frame) mark it READY — a server that accepts TCP but
 //! never speaks (SIGSTOPped, overloaded) stays CONNECTING.
 
-use std::{
-    fmt, io,
-    pin::Pin,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{fmt, io, sync::Arc, time::Duration};
 
-use crate::{EndpointConfig, backoff::Backoff, replay::SendBody, state::ConnectivityState};
+use crate::{
+    EndpointConfig,
+    backoff::Backoff,
+    probe::{self, Link, Monitored, Verdict},
+    replay::SendBody,
+    state::{ConnectivityState, Exclusion},
+};
 use discover::Endpoint;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
+    io::{AsyncRead, AsyncWrite},
     net::TcpStream,
     sync::{mpsc, oneshot},
     time::Instant,
@@ -35,6 +36,8 @@ pub(crate) struct StateEvent {
     pub(crate) state: ConnectivityState,
     pub(crate) sender: Option<Sender>,
     pub(crate) error: Option<String>,
+    /// READY but not to be picked, and why (freeze suspicion).
+    pub(crate) suspected: Option<Exclusion>,
 }
 
 /// Why a connection attempt failed.
@@ -65,6 +68,8 @@ impl fmt::Display for ConnectError {
     }
 }
 
+type Connected = (Sender, oneshot::Receiver<()>, Option<Arc<Link>>);
+
 /// Keeps one endpoint connected until the task is aborted (the endpoint was
 /// removed or replaced), reporting every state change.
 pub(crate) async fn run(
@@ -74,29 +79,65 @@ pub(crate) async fn run(
     config: EndpointConfig,
     events: mpsc::UnboundedSender<StateEvent>,
 ) {
-    let report = |state, sender, error| {
+    let report = |state, sender, error, suspected| {
         let _ = events.send(StateEvent {
             key: key.clone(),
             generation,
             state,
             sender,
             error,
+            suspected,
         });
     };
     let mut backoff = Backoff::new(config.backoff);
     loop {
-        report(ConnectivityState::Connecting, None, None);
+        report(ConnectivityState::Connecting, None, None, None);
         let timeout = config.connect_timeout.max(backoff.current());
         match connect(&endpoint, &config, timeout).await {
-            Ok((sender, closed)) => {
+            Ok((sender, closed, link)) => {
                 let up_since = Instant::now();
-                report(ConnectivityState::Ready, Some(sender), None);
-                let _ = closed.await;
-                report(
-                    ConnectivityState::Idle,
-                    None,
-                    Some("connection closed".into()),
-                );
+                report(ConnectivityState::Ready, Some(sender.clone()), None, None);
+                let ended = match (link, config.freeze_detection) {
+                    (Some(link), Some(detection)) => {
+                        let watcher = probe::watch(link, detection, |verdict| {
+                            let suspected = match verdict {
+                                Verdict::Suspected {
+                                    silent_for,
+                                    in_flight,
+                                } => Some(Exclusion::Suspected {
+                                    silent_for,
+                                    in_flight,
+                                }),
+                                Verdict::Cleared { rtt } => {
+                                    tracing::debug!(endpoint = %endpoint, ?rtt, "silent server answered the PING probe");
+                                    None
+                                }
+                            };
+                            report(
+                                ConnectivityState::Ready,
+                                Some(sender.clone()),
+                                None,
+                                suspected,
+                            );
+                        });
+                        let mut closed = closed;
+                        tokio::select! {
+                            _ = &mut closed => "connection closed".to_string(),
+                            reason = watcher => {
+                                // The IO now fails, so hyper ends the
+                                // connection and its calls.
+                                let _ = closed.await;
+                                reason
+                            }
+                        }
+                    }
+                    _ => {
+                        let _ = closed.await;
+                        "connection closed".to_string()
+                    }
+                };
+                drop(sender);
+                report(ConnectivityState::Idle, None, Some(ended), None);
                 // A connection that stayed up earns a fresh backoff and an
                 // immediate reconnect; one that dropped at once is treated as
                 // a failed attempt, so a flapping server is not a hot loop.
@@ -112,6 +153,7 @@ pub(crate) async fn run(
                     ConnectivityState::TransientFailure,
                     None,
                     Some(format!("{e}; retrying in {delay:.1?}")),
+                    None,
                 );
                 tokio::time::sleep(delay).await;
             }
@@ -120,13 +162,13 @@ pub(crate) async fn run(
 }
 
 /// Opens TCP (and TLS if configured), runs the HTTP/2 handshake and waits
-/// for the server's first bytes. Returns the request handle and a receiver
-/// that fires when the connection has ended.
+/// for the server's first bytes. Returns the request handle, a receiver
+/// that fires when the connection has ended, and the freeze watch's link.
 async fn connect(
     endpoint: &Endpoint,
     config: &EndpointConfig,
     timeout: Duration,
-) -> Result<(Sender, oneshot::Receiver<()>), ConnectError> {
+) -> Result<Connected, ConnectError> {
     let attempt = async {
         let tcp = TcpStream::connect(endpoint.addr())
             .await
@@ -156,15 +198,13 @@ async fn handshake<S>(
     stream: S,
     endpoint: &Endpoint,
     config: &EndpointConfig,
-) -> Result<(Sender, oneshot::Receiver<()>), ConnectError>
+) -> Result<Connected, ConnectError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (spoke_tx, spoke_rx) = oneshot::channel();
-    let io = TokioIo::new(FirstRead {
-        inner: stream,
-        spoke: Some(spoke_tx),
-    });
+    let (io, link) = Monitored::new(stream, spoke_tx, config.freeze_detection.is_some());
+    let io = TokioIo::new(io);
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder.timer(TokioTimer::new());
     if let Some(interval) = config.keep_alive_interval {
@@ -200,60 +240,5 @@ where
     if matches!(first, 0x15 | 0x16) {
         return Err(ConnectError::ServerSpeaksTls);
     }
-    Ok((sender, closed_rx))
-}
-
-/// A stream that reports the first byte it reads.
-struct FirstRead<S> {
-    inner: S,
-    spoke: Option<oneshot::Sender<u8>>,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for FirstRead<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if self.spoke.is_some()
-            && matches!(poll, Poll::Ready(Ok(())))
-            && let Some(&first) = buf.filled().get(before)
-            && let Some(spoke) = self.spoke.take()
-        {
-            let _ = spoke.send(first);
-        }
-        poll
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for FirstRead<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
+    Ok((sender, closed_rx, link))
 }

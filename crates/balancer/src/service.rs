@@ -147,6 +147,13 @@ impl Builder {
         self
     }
 
+    /// Shorthand for the frozen-server detection in [`EndpointConfig`];
+    /// `None` turns it off. Default on.
+    pub fn freeze_detection(mut self, detection: Option<crate::FreezeDetection>) -> Self {
+        self.config.endpoint.freeze_detection = detection;
+        self
+    }
+
     /// Starts the balancer over a stream of endpoint changes.
     ///
     /// The stream may end: the balancer then keeps the last set.
@@ -577,12 +584,18 @@ impl Shared {
                 sticky.id()
             ),
             _ if !snapshot.discovered => format!("no endpoint discovered for {name}{after}"),
-            _ => format!(
-                "no ready endpoint for {name}{after}: {} known, {} connecting, {} in transient failure",
-                snapshot.all.len(),
-                snapshot.connecting,
-                snapshot.failed
-            ),
+            _ => {
+                let excluded = match snapshot.excluded {
+                    0 => String::new(),
+                    n => format!(", {n} not picked (suspected, ejected or not serving)"),
+                };
+                format!(
+                    "no ready endpoint for {name}{after}: {} known, {} connecting, {} in transient failure{excluded}",
+                    snapshot.all.len(),
+                    snapshot.connecting,
+                    snapshot.failed
+                )
+            }
         }
     }
 }
@@ -633,12 +646,22 @@ fn resend(head: &http::request::Parts, body: SendBody) -> http::Request<SendBody
 /// connection as `UNAVAILABLE` (tonic would say `Unknown`); a stream reset by
 /// the server keeps the code its reason maps to.
 fn transport_status(error: hyper::Error, endpoint: &Endpoint) -> Status {
+    // The causes, e.g. "connection error: server frozen: …": hyper's own
+    // message alone does not say why.
+    let mut why = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !why.ends_with(&cause_text) {
+            why = format!("{why}: {cause_text}");
+        }
+        source = cause.source();
+    }
     let status = Status::from_error(Box::new(error));
     if status.code() == tonic::Code::Unknown {
         Status::unavailable(format!(
-            "connection to {} failed during the call: {}",
+            "connection to {} failed during the call: {why}",
             endpoint.addr(),
-            status.message()
         ))
     } else {
         status

@@ -22,7 +22,7 @@ use crate::{
     connection::{self, Sender, StateEvent},
     policy::{NoEndpoint, Picker, ReadyEndpoint},
     service::Shared,
-    state::{ConnectivityState, EndpointShared},
+    state::{ConnectivityState, EndpointShared, Exclusion},
 };
 
 /// An immutable view of the endpoint set, swapped in whole on every change.
@@ -38,6 +38,8 @@ pub(crate) struct Snapshot {
     pub(crate) all: Vec<Arc<EndpointShared>>,
     pub(crate) connecting: usize,
     pub(crate) failed: usize,
+    /// READY but not picked (see [`Exclusion`]).
+    pub(crate) excluded: usize,
     /// Whether the discovery stream has delivered anything yet.
     pub(crate) discovered: bool,
 }
@@ -51,6 +53,7 @@ impl Default for Snapshot {
             all: Vec::new(),
             connecting: 0,
             failed: 0,
+            excluded: 0,
             discovered: false,
         }
     }
@@ -79,7 +82,16 @@ struct Managed {
     shared: Arc<EndpointShared>,
     state: ConnectivityState,
     sender: Option<Sender>,
+    /// READY but suspected frozen (a PING probe is out).
+    suspected: Option<Exclusion>,
     task: JoinHandle<()>,
+}
+
+impl Managed {
+    /// Every reason not to pick it.
+    fn exclusions(&self) -> Vec<Exclusion> {
+        self.suspected.iter().cloned().collect()
+    }
 }
 
 impl Drop for Managed {
@@ -235,6 +247,7 @@ impl Owner {
             shared,
             state: ConnectivityState::Idle,
             sender: None,
+            suspected: None,
             task,
         };
         self.endpoints.insert(key, managed);
@@ -259,9 +272,14 @@ impl Owner {
             return; // from a connection task of a replaced endpoint
         }
         let from = managed.state;
+        let was_suspected = managed.suspected.is_some();
         managed.state = event.state;
         managed.sender = event.sender;
+        managed.suspected = event.suspected;
         managed.shared.set_state(event.state);
+        if was_suspected || managed.suspected.is_some() {
+            managed.shared.set_excluded(managed.exclusions());
+        }
         if let Some(error) = &event.error {
             managed.shared.set_last_error(error.clone());
         }
@@ -270,6 +288,17 @@ impl Owner {
         let name = &self.shared.config.name;
         let error = event.error.as_deref().unwrap_or("");
         match event.state {
+            ConnectivityState::Ready if from == ConnectivityState::Ready => {
+                match &managed.suspected {
+                    Some(why) => {
+                        tracing::warn!(balancer = %name, endpoint = %endpoint, "endpoint not picked: {why}");
+                    }
+                    None if was_suspected => {
+                        tracing::info!(balancer = %name, endpoint = %endpoint, "endpoint answered the probe; picked again");
+                    }
+                    None => {}
+                }
+            }
             ConnectivityState::Ready => {
                 tracing::info!(balancer = %name, endpoint = %endpoint, ?from, "endpoint ready");
             }
@@ -295,7 +324,7 @@ impl Owner {
         for managed in self.endpoints.values() {
             snapshot.all.push(managed.shared.clone());
             let slot = match (managed.state, &managed.sender) {
-                (ConnectivityState::Ready, Some(sender)) => {
+                (ConnectivityState::Ready, Some(sender)) if managed.suspected.is_none() => {
                     snapshot.ready.push(ReadyEndpoint {
                         shared: managed.shared.clone(),
                         sender: sender.clone(),
@@ -305,6 +334,12 @@ impl Owner {
                 (ConnectivityState::TransientFailure, _) => {
                     snapshot.failed += 1;
                     Slot::Failed
+                }
+                (ConnectivityState::Ready, Some(_)) => {
+                    // Excluded: a sticky request waits for it as for one
+                    // connecting (a probe ends within its timeout).
+                    snapshot.excluded += 1;
+                    Slot::Connecting
                 }
                 _ => {
                     snapshot.connecting += 1;

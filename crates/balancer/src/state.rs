@@ -1,6 +1,7 @@
 //! Connectivity states and per-endpoint counters.
 
 use std::{
+    fmt,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU8, AtomicU64, Ordering},
@@ -46,6 +47,67 @@ impl ConnectivityState {
     }
 }
 
+/// Why a READY endpoint is not picked, as listed in
+/// [`EndpointStatus::excluded`]; its `Display` is the line the logs show.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Exclusion {
+    /// It has calls in flight and sent nothing for `silent_for`; a PING probe
+    /// is out. No answer within the probe timeout and the connection is
+    /// treated as dead.
+    Suspected {
+        /// How long the server had been silent when it was suspected.
+        silent_for: Duration,
+        /// Calls in flight on it then.
+        in_flight: usize,
+    },
+    /// Outlier ejection: its calls failed far more than the others'.
+    Ejected {
+        /// When it comes back.
+        until: tokio::time::Instant,
+        /// How many times it has been ejected (the ejection time grows with it).
+        times: u32,
+        /// What the ejection was based on.
+        reason: String,
+    },
+    /// Its health service (`grpc.health.v1.Health/Watch`) does not report
+    /// SERVING.
+    NotServing {
+        /// The service name watched.
+        service: String,
+        /// The status it reported, e.g. `NOT_SERVING`.
+        status: String,
+    },
+}
+
+impl fmt::Display for Exclusion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Suspected {
+                silent_for,
+                in_flight,
+            } => write!(
+                f,
+                "suspected frozen: nothing received for {silent_for:.1?} with {in_flight} calls in flight; probing with a PING"
+            ),
+            Self::Ejected {
+                until,
+                times,
+                reason,
+            } => {
+                let left = until.saturating_duration_since(tokio::time::Instant::now());
+                write!(
+                    f,
+                    "ejected for another {left:.1?} (ejection {times}): {reason}"
+                )
+            }
+            Self::NotServing { service, status } => {
+                write!(f, "health service {service:?} reports {status}")
+            }
+        }
+    }
+}
+
 /// What the balancer knows of one endpoint, as returned by
 /// [`Balancer::endpoints`](crate::Balancer::endpoints).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,6 +125,8 @@ pub struct EndpointStatus {
     pub failures: u64,
     /// Why the last connection attempt failed or the last connection ended.
     pub last_error: Option<String>,
+    /// Why it is not picked although READY (empty when it is picked).
+    pub excluded: Vec<Exclusion>,
 }
 
 /// Balancer-wide counters, from [`Balancer::stats`](crate::Balancer::stats).
@@ -126,6 +190,7 @@ pub(crate) struct EndpointShared {
     pub(crate) signals: Signals,
     /// The response extension naming this endpoint.
     pub(crate) served_by: ServedBy,
+    excluded: Mutex<Vec<Exclusion>>,
 }
 
 impl EndpointShared {
@@ -143,6 +208,7 @@ impl EndpointShared {
             failures: AtomicU64::new(0),
             last_error: Mutex::new(None),
             signals: Signals::default(),
+            excluded: Mutex::new(Vec::new()),
         }))
     }
 
@@ -172,6 +238,13 @@ impl EndpointShared {
         }
     }
 
+    /// Written by the owner task whenever an exclusion starts or ends.
+    pub(crate) fn set_excluded(&self, excluded: Vec<Exclusion>) {
+        if let Ok(mut current) = self.excluded.lock() {
+            *current = excluded;
+        }
+    }
+
     pub(crate) fn status(&self) -> EndpointStatus {
         EndpointStatus {
             key: self.key.clone(),
@@ -180,6 +253,7 @@ impl EndpointShared {
             picks: self.picks.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
             last_error: self.last_error.lock().ok().and_then(|e| e.clone()),
+            excluded: self.excluded.lock().map(|e| e.clone()).unwrap_or_default(),
         }
     }
 }

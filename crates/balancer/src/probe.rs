@@ -1,0 +1,679 @@
+//! Freeze detection: notice a server that has calls outstanding but has gone
+//! silent, and ask it with an HTTP/2 PING whether it is still there.
+//!
+//! hyper's client has no on-demand ping, so the connection's IO wrapper
+//! ([`Monitored`]) does it itself. It follows the HTTP/2 frames in both
+//! directions (a 9-byte header tells each frame's length): on the way out it
+//! counts the streams hyper opens and can slip a PING frame in between two of
+//! hyper's frames; on the way in it notes when the server last sent anything,
+//! which streams it ended, and takes out the ACK of our own PING so that hyper
+//! never sees a PING it did not send.
+//!
+//! The [`watch`] task decides. grpc-go servers close a connection with
+//! `GOAWAY too_many_pings` after more than two "strikes", a strike being a
+//! PING that arrives within 5 minutes (2 hours with no stream open) of the
+//! previous one with no HEADERS or DATA sent by the server in between. So
+//! probes are spent like that: a probe after server HEADERS/DATA is free, any
+//! other costs a strike (counted here on the safe side: a strike unless we
+//! ourselves saw HEADERS/DATA since the last probe), and no probe is sent that
+//! would take the count above two. Within one silence the wait before the next
+//! probe doubles.
+
+use std::{
+    collections::HashSet,
+    io,
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use futures::task::AtomicWaker;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    sync::{Notify, oneshot},
+    time::Instant,
+};
+
+const PREFACE_LEN: usize = 24;
+const HEADER_LEN: usize = 9;
+const PING_LEN: usize = HEADER_LEN + 8;
+const TYPE_DATA: u8 = 0x0;
+const TYPE_HEADERS: u8 = 0x1;
+const TYPE_RST_STREAM: u8 = 0x3;
+const TYPE_PING: u8 = 0x6;
+const TYPE_GOAWAY: u8 = 0x7;
+const FLAG_END_STREAM: u8 = 0x1;
+const FLAG_ACK: u8 = 0x1;
+/// Opaque data of our PINGs: this prefix, then a 3-byte sequence number.
+const PING_MAGIC: &[u8; 5] = b"lbprb";
+/// grpc-go's `maxPingStrikes`: GOAWAY once a connection has more.
+const MAX_STRIKES: u32 = 2;
+/// grpc-go's longest strike window (`defaultPingTimeout`, used when the server
+/// has no stream open); a PING later than that after the previous one is free.
+const STRIKE_WINDOW: Duration = Duration::from_secs(2 * 3600 + 60);
+/// Read buffer of the wrapper.
+const READ_BUF: usize = 16 * 1024;
+
+/// Settings of freeze detection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FreezeDetection {
+    /// How long a server with calls outstanding may send nothing before it is
+    /// suspected (no new calls) and probed with a PING. Default 1 s.
+    pub suspect_after: Duration,
+    /// How long to wait for the PING's ACK before the connection is treated
+    /// as dead: its calls fail with `UNAVAILABLE` and it reconnects.
+    /// Default 1 s.
+    pub probe_timeout: Duration,
+}
+
+impl Default for FreezeDetection {
+    fn default() -> Self {
+        Self {
+            suspect_after: Duration::from_secs(1),
+            probe_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What the IO wrapper and the watcher share for one connection.
+pub(crate) struct Link {
+    epoch: Instant,
+    /// Nanoseconds since `epoch` of the last bytes from the server.
+    last_rx: AtomicU64,
+    /// Nanoseconds since `epoch` when the open-stream count last left zero.
+    waiting_since: AtomicU64,
+    /// Streams opened by the client that the server has not ended.
+    outstanding: AtomicUsize,
+    /// HEADERS and DATA frames received.
+    data_frames: AtomicU64,
+    going_away: AtomicBool,
+    /// Sequence number of the PING to send (0: none wanted).
+    ping_wanted: AtomicU64,
+    ping_acked: AtomicU64,
+    acked: Notify,
+    /// Set to fail the connection: the reason.
+    dead: Mutex<Option<String>>,
+    is_dead: AtomicBool,
+    /// The connection task's waker, to get a PING or a death noticed.
+    waker: AtomicWaker,
+}
+
+impl Link {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            epoch: Instant::now(),
+            last_rx: AtomicU64::new(0),
+            waiting_since: AtomicU64::new(0),
+            outstanding: AtomicUsize::new(0),
+            data_frames: AtomicU64::new(0),
+            going_away: AtomicBool::new(false),
+            ping_wanted: AtomicU64::new(0),
+            ping_acked: AtomicU64::new(0),
+            acked: Notify::new(),
+            dead: Mutex::new(None),
+            is_dead: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
+        })
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    fn at(&self, nanos: u64) -> Instant {
+        self.epoch + Duration::from_nanos(nanos)
+    }
+
+    /// Calls in flight on the connection (streams the server has not ended).
+    pub(crate) fn outstanding(&self) -> usize {
+        self.outstanding.load(Ordering::Relaxed)
+    }
+
+    fn kill(&self, reason: String) {
+        if let Ok(mut dead) = self.dead.lock() {
+            *dead = Some(reason);
+        }
+        self.is_dead.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    fn death(&self) -> Option<io::Error> {
+        if !self.is_dead.load(Ordering::Acquire) {
+            return None;
+        }
+        let reason = self.dead.lock().ok().and_then(|d| d.clone());
+        Some(io::Error::new(
+            io::ErrorKind::TimedOut,
+            reason.unwrap_or_else(|| "connection declared dead".into()),
+        ))
+    }
+
+    fn request_ping(&self, seq: u64) {
+        self.ping_wanted.store(seq, Ordering::Release);
+        self.waker.wake();
+    }
+}
+
+/// The HTTP/2 frame walk of one direction.
+#[derive(Default)]
+struct FrameWalk {
+    /// Bytes of the current frame's header seen so far.
+    header: [u8; HEADER_LEN],
+    header_len: usize,
+    /// Payload bytes of the current frame still to come.
+    payload_left: usize,
+}
+
+struct Header {
+    len: usize,
+    kind: u8,
+    flags: u8,
+    stream: u32,
+}
+
+fn parse_header(h: &[u8]) -> Header {
+    Header {
+        len: (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]),
+        kind: h[3],
+        flags: h[4],
+        stream: u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff,
+    }
+}
+
+fn ping_frame(seq: u64) -> [u8; PING_LEN] {
+    let mut frame = [0u8; PING_LEN];
+    frame[2] = 8;
+    frame[3] = TYPE_PING;
+    frame[9..14].copy_from_slice(PING_MAGIC);
+    frame[14..17].copy_from_slice(&seq.to_be_bytes()[5..8]);
+    frame
+}
+
+/// The IO under hyper's HTTP/2 client: reports the first byte the server
+/// sends and, with freeze detection on, follows the frames (see the module
+/// docs).
+pub(crate) struct Monitored<S> {
+    inner: S,
+    spoke: Option<oneshot::Sender<u8>>,
+    /// `None`: freeze detection off, a plain pass-through.
+    link: Option<Arc<Link>>,
+    open: HashSet<u32>,
+    // Outgoing side.
+    preface_left: usize,
+    out: FrameWalk,
+    /// A PING being written, and how much of it is out.
+    ping: Option<([u8; PING_LEN], usize)>,
+    // Incoming side: bytes read from `inner`, `rbuf[rstart..rend]` not yet
+    // handed to hyper.
+    rbuf: Box<[u8]>,
+    rstart: usize,
+    rend: usize,
+    /// Bytes of the current frame (header included) hyper may have.
+    deliver_left: usize,
+    eof: bool,
+}
+
+impl<S> Monitored<S> {
+    pub(crate) fn new(
+        inner: S,
+        spoke: oneshot::Sender<u8>,
+        detect: bool,
+    ) -> (Self, Option<Arc<Link>>) {
+        let link = detect.then(Link::new);
+        let monitored = Self {
+            inner,
+            spoke: Some(spoke),
+            link: link.clone(),
+            open: HashSet::new(),
+            preface_left: PREFACE_LEN,
+            out: FrameWalk::default(),
+            ping: None,
+            rbuf: if detect {
+                vec![0; READ_BUF].into_boxed_slice()
+            } else {
+                Box::new([])
+            },
+            rstart: 0,
+            rend: 0,
+            deliver_left: 0,
+            eof: false,
+        };
+        (monitored, link)
+    }
+
+    fn set_outstanding(&self, link: &Link, before: usize) {
+        let now = self.open.len();
+        if before == 0 && now > 0 {
+            link.waiting_since.store(link.now(), Ordering::Relaxed);
+        }
+        link.outstanding.store(now, Ordering::Relaxed);
+    }
+
+    /// Follows `bytes` that hyper got written.
+    fn track_written(&mut self, mut bytes: &[u8]) {
+        let Some(link) = self.link.clone() else {
+            return;
+        };
+        if self.preface_left > 0 {
+            let n = self.preface_left.min(bytes.len());
+            self.preface_left -= n;
+            bytes = &bytes[n..];
+        }
+        while !bytes.is_empty() {
+            if self.out.payload_left > 0 {
+                let n = self.out.payload_left.min(bytes.len());
+                self.out.payload_left -= n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let n = (HEADER_LEN - self.out.header_len).min(bytes.len());
+            self.out.header[self.out.header_len..self.out.header_len + n]
+                .copy_from_slice(&bytes[..n]);
+            self.out.header_len += n;
+            bytes = &bytes[n..];
+            if self.out.header_len < HEADER_LEN {
+                break;
+            }
+            self.out.header_len = 0;
+            let h = parse_header(&self.out.header);
+            self.out.payload_left = h.len;
+            let before = self.open.len();
+            match h.kind {
+                TYPE_HEADERS if h.stream % 2 == 1 => {
+                    self.open.insert(h.stream);
+                }
+                TYPE_RST_STREAM => {
+                    self.open.remove(&h.stream);
+                }
+                _ => continue,
+            }
+            self.set_outstanding(&link, before);
+        }
+    }
+
+    fn at_frame_boundary(&self) -> bool {
+        self.preface_left == 0 && self.out.header_len == 0 && self.out.payload_left == 0
+    }
+}
+
+impl<S: AsyncWrite + Unpin> Monitored<S> {
+    /// Writes a wanted PING if hyper is between frames. `Ready` once no PING
+    /// is being written.
+    fn poll_ping(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some(link) = &self.link else {
+            return Poll::Ready(Ok(()));
+        };
+        if self.ping.is_none() && self.at_frame_boundary() {
+            let seq = link.ping_wanted.swap(0, Ordering::AcqRel);
+            if seq != 0 {
+                self.ping = Some((ping_frame(seq), 0));
+            }
+        }
+        while let Some((frame, written)) = &mut self.ping {
+            match Pin::new(&mut self.inner).poll_write(cx, &frame[*written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    *written += n;
+                    if *written == PING_LEN {
+                        self.ping = None;
+                    }
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Monitored<S> {
+    /// Hands hyper what it may have of `rbuf`, taking out our PING ACKs and
+    /// noting frames. Stops when `buf` is full or more input is needed.
+    fn deliver(&mut self, link: &Link, buf: &mut ReadBuf<'_>) {
+        while buf.remaining() > 0 && self.rstart < self.rend {
+            let pending = &self.rbuf[self.rstart..self.rend];
+            if self.deliver_left > 0 {
+                let n = self.deliver_left.min(pending.len()).min(buf.remaining());
+                buf.put_slice(&pending[..n]);
+                self.rstart += n;
+                self.deliver_left -= n;
+                continue;
+            }
+            if pending.len() < HEADER_LEN {
+                break;
+            }
+            let h = parse_header(&pending[..HEADER_LEN]);
+            if h.kind == TYPE_PING && h.flags & FLAG_ACK != 0 && h.len == 8 {
+                if pending.len() < PING_LEN {
+                    break;
+                }
+                if &pending[9..14] == PING_MAGIC {
+                    let mut seq = [0u8; 8];
+                    seq[5..8].copy_from_slice(&pending[14..17]);
+                    self.rstart += PING_LEN;
+                    link.ping_acked
+                        .store(u64::from_be_bytes(seq), Ordering::Release);
+                    link.acked.notify_one();
+                    continue;
+                }
+            }
+            let before = self.open.len();
+            match h.kind {
+                TYPE_DATA | TYPE_HEADERS => {
+                    link.data_frames.fetch_add(1, Ordering::Relaxed);
+                    if h.flags & FLAG_END_STREAM != 0 {
+                        self.open.remove(&h.stream);
+                    }
+                }
+                TYPE_RST_STREAM => {
+                    self.open.remove(&h.stream);
+                }
+                TYPE_GOAWAY => link.going_away.store(true, Ordering::Relaxed),
+                _ => {}
+            }
+            if before != self.open.len() {
+                self.set_outstanding(link, before);
+            }
+            self.deliver_left = HEADER_LEN + h.len;
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Monitored<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let Some(link) = this.link.clone() else {
+            let before = buf.filled().len();
+            let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
+            if this.spoke.is_some()
+                && let Some(&first) = buf.filled().get(before)
+                && let Some(spoke) = this.spoke.take()
+            {
+                let _ = spoke.send(first);
+            }
+            return poll;
+        };
+        link.waker.register(cx.waker());
+        if let Some(e) = link.death() {
+            return Poll::Ready(Err(e));
+        }
+        // hyper always waits on reads: this is where a PING gets out when
+        // hyper has nothing to write.
+        if let Poll::Ready(Err(e)) = this.poll_ping(cx) {
+            return Poll::Ready(Err(e));
+        }
+        let before = buf.filled().len();
+        loop {
+            this.deliver(&link, buf);
+            if buf.filled().len() > before || buf.remaining() == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            if this.eof {
+                // A frame cut short by EOF: hand over what is left.
+                let rest = &this.rbuf[this.rstart..this.rend];
+                let n = rest.len().min(buf.remaining());
+                buf.put_slice(&rest[..n]);
+                this.rstart += n;
+                return Poll::Ready(Ok(()));
+            }
+            if this.rstart == this.rend {
+                this.rstart = 0;
+                this.rend = 0;
+            } else if this.rend == this.rbuf.len() {
+                this.rbuf.copy_within(this.rstart..this.rend, 0);
+                this.rend -= this.rstart;
+                this.rstart = 0;
+            }
+            let mut read = ReadBuf::new(&mut this.rbuf[this.rend..]);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) => {
+                    let n = read.filled().len();
+                    if n == 0 {
+                        this.eof = true;
+                        continue;
+                    }
+                    if let Some(spoke) = this.spoke.take() {
+                        let _ = spoke.send(this.rbuf[this.rend]);
+                    }
+                    this.rend += n;
+                    link.last_rx.store(link.now(), Ordering::Relaxed);
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Monitored<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if let Some(link) = &this.link {
+            if let Some(e) = link.death() {
+                return Poll::Ready(Err(e));
+            }
+            if this.poll_ping(cx)?.is_pending() {
+                return Poll::Pending;
+            }
+        }
+        let poll = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = poll {
+            this.track_written(&buf[..n]);
+        }
+        poll
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if let Some(link) = &this.link {
+            if let Some(e) = link.death() {
+                return Poll::Ready(Err(e));
+            }
+            if this.poll_ping(cx)?.is_pending() {
+                return Poll::Pending;
+            }
+        }
+        let poll = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(mut n)) = poll
+            && this.link.is_some()
+        {
+            for slice in bufs {
+                if n == 0 {
+                    break;
+                }
+                let k = n.min(slice.len());
+                this.track_written(&slice[..k]);
+                n -= k;
+            }
+        }
+        poll
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.poll_ping(cx)?.is_pending() {
+            return Poll::Pending;
+        }
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// What the watcher tells the connection task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Silent with calls outstanding; a PING is out. No new calls.
+    Suspected {
+        silent_for: Duration,
+        in_flight: usize,
+    },
+    /// The server answered the PING: it is alive.
+    Cleared { rtt: Duration },
+}
+
+/// The server's ping strikes, counted on the safe side (see the module docs).
+#[derive(Debug, Default)]
+pub(crate) struct PingBudget {
+    strikes: u32,
+    last_ping: Option<Instant>,
+    /// `data_frames` when the last PING was sent.
+    data_at_last_ping: u64,
+}
+
+impl PingBudget {
+    /// Whether a PING now, with `data_frames` HEADERS/DATA received so far,
+    /// keeps the server's strikes within its limit; if so, counts it.
+    pub(crate) fn try_spend(&mut self, now: Instant, data_frames: u64) -> bool {
+        let strikes = match self.last_ping {
+            None => 0,
+            Some(_) if data_frames != self.data_at_last_ping => 0,
+            Some(last) if now.duration_since(last) > STRIKE_WINDOW => self.strikes,
+            Some(_) => self.strikes + 1,
+        };
+        if strikes > MAX_STRIKES {
+            return false;
+        }
+        self.strikes = strikes;
+        self.last_ping = Some(now);
+        self.data_at_last_ping = data_frames;
+        true
+    }
+}
+
+/// Watches one connection until it is declared dead; returns the reason.
+/// `report` hears of suspicion and its end.
+pub(crate) async fn watch(
+    link: Arc<Link>,
+    config: FreezeDetection,
+    mut report: impl FnMut(Verdict),
+) -> String {
+    let mut budget = PingBudget::default();
+    let mut seq: u64 = 0;
+    // Probes answered since the server last sent HEADERS/DATA: each doubles
+    // the silence needed before the next one.
+    let mut answered: u32 = 0;
+    let mut data_at_answer = 0;
+    let idle_check = config.suspect_after / 2;
+    loop {
+        let outstanding = link.outstanding();
+        if outstanding == 0 || link.going_away.load(Ordering::Relaxed) {
+            tokio::time::sleep(idle_check).await;
+            continue;
+        }
+        let data_frames = link.data_frames.load(Ordering::Relaxed);
+        if data_frames != data_at_answer {
+            answered = 0;
+        }
+        let quiet_since = link.at(link
+            .last_rx
+            .load(Ordering::Relaxed)
+            .max(link.waiting_since.load(Ordering::Relaxed)));
+        let threshold = config.suspect_after * 2u32.pow(answered.min(16));
+        let now = Instant::now();
+        if now < quiet_since + threshold {
+            tokio::time::sleep_until(quiet_since + threshold).await;
+            continue;
+        }
+        if !budget.try_spend(now, data_frames) {
+            // No probe allowed until the server sends something: leave the
+            // endpoint pickable rather than exclude it on a guess.
+            tokio::time::sleep(config.suspect_after).await;
+            continue;
+        }
+        seq = (seq + 1) & 0xff_ffff;
+        if seq == 0 {
+            seq = 1;
+        }
+        let silent_for = now - quiet_since;
+        report(Verdict::Suspected {
+            silent_for,
+            in_flight: outstanding,
+        });
+        let sent = Instant::now();
+        link.request_ping(seq);
+        let answer = tokio::time::timeout(config.probe_timeout, async {
+            loop {
+                let notified = link.acked.notified();
+                if link.ping_acked.load(Ordering::Acquire) == seq {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await;
+        match answer {
+            Ok(()) => {
+                answered += 1;
+                data_at_answer = link.data_frames.load(Ordering::Relaxed);
+                report(Verdict::Cleared {
+                    rtt: sent.elapsed(),
+                });
+            }
+            Err(_) => {
+                let reason = format!(
+                    "server frozen: nothing received for {silent_for:.1?} with {outstanding} calls in flight, and no answer to a PING within {:.1?}",
+                    config.probe_timeout
+                );
+                link.kill(reason.clone());
+                return reason;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ping_budget_never_exceeds_grpc_go_strikes() {
+        let mut budget = PingBudget::default();
+        let t0 = Instant::now();
+        // No server data between pings: the first is free, two strikes, then no more.
+        assert!(budget.try_spend(t0, 0));
+        assert!(budget.try_spend(t0 + Duration::from_secs(1), 0));
+        assert!(budget.try_spend(t0 + Duration::from_secs(2), 0));
+        assert!(!budget.try_spend(t0 + Duration::from_secs(3), 0));
+        assert_eq!(budget.strikes, MAX_STRIKES);
+        // Server HEADERS/DATA since the last ping reset the strikes.
+        assert!(budget.try_spend(t0 + Duration::from_secs(4), 1));
+        assert_eq!(budget.strikes, 0);
+        // After the longest strike window, a ping is free but resets nothing.
+        assert!(budget.try_spend(t0 + Duration::from_secs(5), 1));
+        assert!(budget.try_spend(t0 + Duration::from_secs(6), 1));
+        assert!(!budget.try_spend(t0 + Duration::from_secs(7), 1));
+        assert!(budget.try_spend(t0 + Duration::from_secs(7) + STRIKE_WINDOW * 2, 1));
+        assert_eq!(budget.strikes, MAX_STRIKES);
+    }
+
+    #[test]
+    fn ping_frames_carry_the_sequence() {
+        let frame = ping_frame(0x01_02_03);
+        let h = parse_header(&frame);
+        assert_eq!((h.len, h.kind, h.flags, h.stream), (8, TYPE_PING, 0, 0));
+        assert_eq!(&frame[9..14], PING_MAGIC);
+        assert_eq!(&frame[14..], &[1, 2, 3]);
+    }
+}
