@@ -108,6 +108,10 @@ pub struct Args {
     /// gRPC TLS: PEM file of the private key of --tls-cert.
     #[arg(long, value_name = "PEM", value_parser = key_file, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Share of calls to fail on purpose with UNAVAILABLE, 0.0–1.0 (for
+    /// tests and demos of client-side outlier ejection).
+    #[arg(long, value_name = "P", default_value = "0", allow_negative_numbers = true)]
+    pub fail_rate: crate::FailRate,
     /// Do not rewrite the :authority grpc-go clients send (e.g.
     /// discovery%2Fdev%2Fgame): h2 then rejects their calls, and the server
     /// logs one WARN per such connection naming the Go-side fix
@@ -170,6 +174,7 @@ impl Args {
                 .zip(self.etcd_password)
                 .map(|(user, password)| EtcdAuth { user, password }),
             tls: self.tls_cert.zip(self.tls_key),
+            fail_rate: self.fail_rate,
             strict_authority: self.strict_authority,
             ..Config::new("")
         }
@@ -367,5 +372,24 @@ mod tests {
         );
         let err = parse(&["--id", "1", "--etcd-key", manifest]).unwrap_err();
         assert!(err.contains("no private key in it"), "{err}");
+    }
+
+    #[test]
+    fn fail_rate_is_a_share_between_0_and_1() {
+        let config = parse(&["--id", "1", "--fail-rate", "0.25"])
+            .unwrap()
+            .into_config();
+        assert_eq!(config.fail_rate.get(), 0.25);
+        assert_eq!(parse(&["--id", "1"]).unwrap().fail_rate.get(), 0.0);
+        for (bad, why) in [
+            ("1.5", "the fail rate must be between 0.0 and 1.0, not 1.5"),
+            ("-0.1", "the fail rate must be between 0.0 and 1.0, not -0.1"),
+            ("lots", "expected a number between 0.0 and 1.0, such as 0.1"),
+        ] {
+            assert_eq!(
+                parse(&["--id", "1", "--fail-rate", bad]).unwrap_err(),
+                format!("error: invalid value '{bad}' for '--fail-rate <P>': {why}")
+            );
+        }
     }
 }

@@ -26,6 +26,7 @@ pub const DEFAULT_ETCD_ENDPOINT: &str = "http://127.0.0.1:2379";
 /// | `etcd_auth` | none | `--etcd-user`, password from env `ETCD_PASSWORD` |
 /// | `tls` | none (plaintext gRPC) | `--tls-cert` and `--tls-key` |
 /// | `strict_authority` | false (grpc-go's `:authority` is fixed on the way in) | `--strict-authority` |
+/// | `fail_rate` | 0 (no call failed on purpose) | `--fail-rate` |
 /// | `connect_timeout` | 5 s (no flag) | |
 ///
 /// The key registered is `discovery/<env>/<service>/<advertised address>` and its
@@ -71,6 +72,9 @@ pub struct Config {
     /// How long the first registration may take before the server gives up
     /// (etcd down at start).
     pub connect_timeout: Duration,
+    /// Share of calls failed on purpose with `UNAVAILABLE`, for tests and
+    /// demos of outlier ejection.
+    pub fail_rate: crate::FailRate,
     /// `false` (the default): accepted connections go through
     /// `authority-fix` (through `serve`), which rewrites the `:authority` grpc-go clients send
     /// (`discovery%2Fdev%2Fgame`) to a same-length value h2 accepts.
@@ -98,6 +102,7 @@ impl Config {
             etcd_auth: None,
             tls: None,
             connect_timeout: Duration::from_secs(5),
+            fail_rate: crate::FailRate::default(),
             strict_authority: false,
         }
     }

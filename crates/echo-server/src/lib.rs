@@ -79,4 +79,4 @@ pub use cli_support::{EtcdAuth, Password};
 pub use config::{Config, DEFAULT_ETCD_ENDPOINT};
 pub use serve::{Advertise, Error, ErrorKind};
 pub use server::{Server, run};
-pub use service::{EchoService, ReplyStream};
+pub use service::{EchoService, FailRate, ReplyStream};

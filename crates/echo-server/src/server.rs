@@ -16,6 +16,7 @@ use crate::{Config, EchoService, Error, ErrorKind};
 #[derive(Debug)]
 pub struct Server {
     id: String,
+    fail_rate: crate::FailRate,
     bound: serve::Bound,
 }
 
@@ -39,6 +40,7 @@ impl Server {
         Ok(Self {
             bound: server.bind(config.addr).await?,
             id: config.id,
+            fail_rate: config.fail_rate,
         })
     }
 
@@ -67,7 +69,9 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let span = info_span!("echo", id = %self.id);
         let router = tonic::transport::Server::builder()
-            .add_service(EchoServer::new(EchoService::new(self.id.as_str())));
+            .add_service(EchoServer::new(
+                EchoService::new(self.id.as_str()).with_fail_rate(self.fail_rate),
+            ));
         self.bound.serve(router, shutdown).instrument(span).await
     }
 }

@@ -25,12 +25,85 @@ pub type ReplyStream = Pin<Box<dyn Stream<Item = Result<EchoResponse, Status>> +
 #[derive(Clone, Debug)]
 pub struct EchoService {
     id: Arc<str>,
+    fail_rate: FailRate,
+}
+
+/// The share of calls a server fails on purpose with `UNAVAILABLE`
+/// (`--fail-rate`), for tests and demos of outlier ejection: 0.0 (never, the
+/// default) to 1.0 (every call). Kept in millionths, so a [`Config`] stays
+/// comparable.
+///
+/// ```
+/// use echo_server::FailRate;
+///
+/// assert_eq!(FailRate::new(0.25).unwrap().get(), 0.25);
+/// assert!(FailRate::new(1.5).is_err());
+/// ```
+///
+/// [`Config`]: crate::Config
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FailRate(u32);
+
+impl FailRate {
+    /// `rate` if it is within 0.0–1.0.
+    pub fn new(rate: f64) -> Result<Self, String> {
+        if (0.0..=1.0).contains(&rate) {
+            Ok(Self((rate * 1e6).round() as u32))
+        } else {
+            Err(format!(
+                "the fail rate must be between 0.0 and 1.0, not {rate}"
+            ))
+        }
+    }
+
+    /// The share, 0.0–1.0.
+    pub fn get(self) -> f64 {
+        f64::from(self.0) / 1e6
+    }
+
+    /// Whether this call is one to fail.
+    fn strikes(self) -> bool {
+        self.0 > 0 && fastrand::u32(0..1_000_000) < self.0
+    }
+}
+
+impl std::str::FromStr for FailRate {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let rate: f64 = s
+            .trim()
+            .parse()
+            .map_err(|_| format!("expected a number between 0.0 and 1.0, such as 0.1"))?;
+        Self::new(rate)
+    }
 }
 
 impl EchoService {
     /// The service of instance `id`.
     pub fn new(id: impl Into<Arc<str>>) -> Self {
-        Self { id: id.into() }
+        Self {
+            id: id.into(),
+            fail_rate: FailRate::default(),
+        }
+    }
+
+    /// Fails that share of calls with `UNAVAILABLE` (the call is not echoed).
+    pub fn with_fail_rate(mut self, rate: FailRate) -> Self {
+        self.fail_rate = rate;
+        self
+    }
+
+    /// `Err(UNAVAILABLE)` for the calls the fail rate picks.
+    fn maybe_fail(&self) -> Result<(), Status> {
+        if self.fail_rate.strikes() {
+            return Err(Status::unavailable(format!(
+                "instance {} fails this call on purpose (--fail-rate {})",
+                self.id,
+                self.fail_rate.get()
+            )));
+        }
+        Ok(())
     }
 
     /// The instance id this service names in its replies.
@@ -56,6 +129,7 @@ impl Echo for EchoService {
         &self,
         request: Request<EchoRequest>,
     ) -> Result<Response<EchoResponse>, Status> {
+        self.maybe_fail()?;
         Ok(Response::new(self.reply(&request.get_ref().message)))
     }
 
@@ -65,6 +139,7 @@ impl Echo for EchoService {
         &self,
         request: Request<EchoRequest>,
     ) -> Result<Response<Self::ServerStreamingEchoStream>, Status> {
+        self.maybe_fail()?;
         let reply = self.reply(&request.get_ref().message);
         Ok(Response::new(Box::pin(futures::stream::once(async {
             Ok(reply)
@@ -75,6 +150,7 @@ impl Echo for EchoService {
         &self,
         request: Request<Streaming<EchoRequest>>,
     ) -> Result<Response<EchoResponse>, Status> {
+        self.maybe_fail()?;
         let mut stream = request.into_inner();
         let mut last = String::new();
         while let Some(request) = stream.next().await {
@@ -89,6 +165,7 @@ impl Echo for EchoService {
         &self,
         request: Request<Streaming<EchoRequest>>,
     ) -> Result<Response<Self::BidirectionalStreamingEchoStream>, Status> {
+        self.maybe_fail()?;
         let this = self.clone();
         let replies = request
             .into_inner()
