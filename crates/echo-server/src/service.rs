@@ -74,7 +74,7 @@ impl std::str::FromStr for FailRate {
         let rate: f64 = s
             .trim()
             .parse()
-            .map_err(|_| format!("expected a number between 0.0 and 1.0, such as 0.1"))?;
+            .map_err(|_| "expected a number between 0.0 and 1.0, such as 0.1".to_string())?;
         Self::new(rate)
     }
 }
