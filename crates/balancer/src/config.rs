@@ -67,6 +67,12 @@ pub struct EndpointConfig {
     /// connection is treated as dead. Default on, with
     /// [`FreezeDetection::default`](crate::FreezeDetection); `None` turns it off.
     pub freeze_detection: Option<crate::FreezeDetection>,
+    /// Client-side health checking: the service name to watch with
+    /// `grpc.health.v1.Health/Watch` on every connection (`""` is the whole
+    /// server). An endpoint is picked only while it reports SERVING; a
+    /// server without the health service is treated as healthy. Default
+    /// `None` (off).
+    pub health_check: Option<String>,
 }
 
 impl Default for EndpointConfig {
@@ -80,6 +86,7 @@ impl Default for EndpointConfig {
             initial_connection_window_size: None,
             tls: None,
             freeze_detection: Some(crate::FreezeDetection::default()),
+            health_check: None,
         }
     }
 }

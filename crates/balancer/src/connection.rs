@@ -7,11 +7,16 @@
 //! server (its SETTINGS frame) mark it READY — a server that accepts TCP but
 //! never speaks (SIGSTOPped, overloaded) stays CONNECTING.
 
-use std::{fmt, io, sync::Arc, time::Duration};
+use std::{
+    fmt, io,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use crate::{
     EndpointConfig,
     backoff::Backoff,
+    health,
     probe::{self, Link, Monitored, Verdict},
     replay::SendBody,
     state::{ConnectivityState, Exclusion},
@@ -36,8 +41,8 @@ pub(crate) struct StateEvent {
     pub(crate) state: ConnectivityState,
     pub(crate) sender: Option<Sender>,
     pub(crate) error: Option<String>,
-    /// READY but not to be picked, and why (freeze suspicion).
-    pub(crate) suspected: Option<Exclusion>,
+    /// READY but not to be picked, and why (freeze suspicion, health).
+    pub(crate) excluded: Vec<Exclusion>,
 }
 
 /// Why a connection attempt failed.
@@ -68,6 +73,12 @@ impl fmt::Display for ConnectError {
     }
 }
 
+/// The connection's own reasons not to be picked.
+struct Current {
+    suspected: Option<Exclusion>,
+    not_serving: Option<Exclusion>,
+}
+
 type Connected = (Sender, oneshot::Receiver<()>, Option<Arc<Link>>);
 
 /// Keeps one endpoint connected until the task is aborted (the endpoint was
@@ -79,65 +90,114 @@ pub(crate) async fn run(
     config: EndpointConfig,
     events: mpsc::UnboundedSender<StateEvent>,
 ) {
-    let report = |state, sender, error, suspected| {
+    let report = |state, sender, error, excluded| {
         let _ = events.send(StateEvent {
             key: key.clone(),
             generation,
             state,
             sender,
             error,
-            suspected,
+            excluded,
         });
     };
     let mut backoff = Backoff::new(config.backoff);
     loop {
-        report(ConnectivityState::Connecting, None, None, None);
+        report(ConnectivityState::Connecting, None, None, Vec::new());
         let timeout = config.connect_timeout.max(backoff.current());
         match connect(&endpoint, &config, timeout).await {
-            Ok((sender, closed, link)) => {
+            Ok((sender, mut closed, link)) => {
                 let up_since = Instant::now();
-                report(ConnectivityState::Ready, Some(sender.clone()), None, None);
-                let ended = match (link, config.freeze_detection) {
-                    (Some(link), Some(detection)) => {
-                        let watcher = probe::watch(link, detection, |verdict| {
-                            let suspected = match verdict {
-                                Verdict::Suspected {
-                                    silent_for,
-                                    in_flight,
-                                } => Some(Exclusion::Suspected {
-                                    silent_for,
-                                    in_flight,
-                                }),
-                                Verdict::Cleared { rtt } => {
-                                    tracing::debug!(endpoint = %endpoint, ?rtt, "silent server answered the PING probe");
-                                    None
-                                }
-                            };
+                // Per gRFC A17 a health-checked endpoint is not picked before
+                // its first SERVING.
+                let current = Mutex::new(Current {
+                    suspected: None,
+                    not_serving: config.health_check.as_ref().map(|service| {
+                        Exclusion::NotServing {
+                            service: service.clone(),
+                            status: "no health answer yet".into(),
+                        }
+                    }),
+                });
+                let publish =
+                    |suspected: Option<Option<Exclusion>>,
+                     not_serving: Option<Option<Exclusion>>| {
+                        if let Ok(mut current) = current.lock() {
+                            if let Some(suspected) = suspected {
+                                current.suspected = suspected;
+                            }
+                            if let Some(not_serving) = not_serving {
+                                current.not_serving = not_serving;
+                            }
+                            let excluded = current
+                                .suspected
+                                .iter()
+                                .chain(current.not_serving.iter())
+                                .cloned()
+                                .collect();
                             report(
                                 ConnectivityState::Ready,
                                 Some(sender.clone()),
                                 None,
-                                suspected,
+                                excluded,
                             );
-                        });
-                        let mut closed = closed;
-                        tokio::select! {
-                            _ = &mut closed => "connection closed".to_string(),
-                            reason = watcher => {
-                                // The IO now fails, so hyper ends the
-                                // connection and its calls.
-                                let _ = closed.await;
-                                reason
-                            }
                         }
+                    };
+                publish(None, None);
+                let freeze = async {
+                    let (Some(link), Some(detection)) = (link.clone(), config.freeze_detection)
+                    else {
+                        return std::future::pending().await;
+                    };
+                    probe::watch(link, detection, |verdict| match verdict {
+                        Verdict::Suspected {
+                            silent_for,
+                            in_flight,
+                        } => publish(
+                            Some(Some(Exclusion::Suspected {
+                                silent_for,
+                                in_flight,
+                            })),
+                            None,
+                        ),
+                        Verdict::Cleared { rtt } => {
+                            tracing::debug!(endpoint = %endpoint, ?rtt, "silent server answered the PING probe");
+                            publish(Some(None), None);
+                        }
+                    })
+                    .await
+                };
+                let health = async {
+                    if let Some(service) = &config.health_check {
+                        health::watch(
+                            sender.clone(),
+                            config.tls.is_some(),
+                            &endpoint,
+                            service,
+                            config.backoff,
+                            || {
+                                if let Some(link) = &link {
+                                    link.skip_next_stream();
+                                }
+                            },
+                            |not_serving| publish(None, Some(not_serving)),
+                        )
+                        .await;
                     }
-                    _ => {
+                    // Disabled (or off): nothing more to watch.
+                    std::future::pending::<()>().await
+                };
+                let ended = tokio::select! {
+                    _ = &mut closed => "connection closed".to_string(),
+                    reason = freeze => {
+                        // The IO now fails, so hyper ends the connection and
+                        // its calls.
                         let _ = closed.await;
-                        "connection closed".to_string()
+                        reason
                     }
+                    () = health => "connection closed".to_string(),
                 };
                 drop(sender);
-                report(ConnectivityState::Idle, None, Some(ended), None);
+                report(ConnectivityState::Idle, None, Some(ended), Vec::new());
                 // A connection that stayed up earns a fresh backoff and an
                 // immediate reconnect; one that dropped at once is treated as
                 // a failed attempt, so a flapping server is not a hot loop.
@@ -153,7 +213,7 @@ pub(crate) async fn run(
                     ConnectivityState::TransientFailure,
                     None,
                     Some(format!("{e}; retrying in {delay:.1?}")),
-                    None,
+                    Vec::new(),
                 );
                 tokio::time::sleep(delay).await;
             }

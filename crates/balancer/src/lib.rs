@@ -43,6 +43,7 @@ mod config;
 mod connection;
 mod least_request;
 pub mod policy;
+mod health;
 mod probe;
 mod replay;
 mod ring_hash;

@@ -91,6 +91,9 @@ pub(crate) struct Link {
     /// HEADERS and DATA frames received.
     data_frames: AtomicU64,
     going_away: AtomicBool,
+    /// The next stream the client opens is the balancer's own health watch,
+    /// which is silent by design: not counted.
+    skip_next: AtomicBool,
     /// Sequence number of the PING to send (0: none wanted).
     ping_wanted: AtomicU64,
     ping_acked: AtomicU64,
@@ -111,6 +114,7 @@ impl Link {
             outstanding: AtomicUsize::new(0),
             data_frames: AtomicU64::new(0),
             going_away: AtomicBool::new(false),
+            skip_next: AtomicBool::new(false),
             ping_wanted: AtomicU64::new(0),
             ping_acked: AtomicU64::new(0),
             acked: Notify::new(),
@@ -131,6 +135,11 @@ impl Link {
     /// Calls in flight on the connection (streams the server has not ended).
     pub(crate) fn outstanding(&self) -> usize {
         self.outstanding.load(Ordering::Relaxed)
+    }
+
+    /// The next stream opened is not a call (see `skip_next`).
+    pub(crate) fn skip_next_stream(&self) {
+        self.skip_next.store(true, Ordering::Relaxed);
     }
 
     fn kill(&self, reason: String) {
@@ -284,6 +293,9 @@ impl<S> Monitored<S> {
             let before = self.open.len();
             match h.kind {
                 TYPE_HEADERS if h.stream % 2 == 1 => {
+                    if link.skip_next.swap(false, Ordering::Relaxed) {
+                        continue;
+                    }
                     self.open.insert(h.stream);
                 }
                 TYPE_RST_STREAM => {

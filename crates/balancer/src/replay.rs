@@ -131,6 +131,12 @@ impl SendBody {
         }
     }
 
+    /// A body passed through as it is (the balancer's own calls, which are
+    /// never retried).
+    pub(crate) fn passthrough(body: Body) -> Self {
+        Self::streaming(VecDeque::new(), Some(body))
+    }
+
     fn streaming(frames: VecDeque<Frame<Bytes>>, rest: Option<Body>) -> Self {
         Self {
             data: None,

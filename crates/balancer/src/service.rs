@@ -154,6 +154,13 @@ impl Builder {
         self
     }
 
+    /// Client-side health checking of `service` (`""`: the whole server)
+    /// on every connection; see [`EndpointConfig::health_check`]. Default off.
+    pub fn health_check(mut self, service: impl Into<String>) -> Self {
+        self.config.endpoint.health_check = Some(service.into());
+        self
+    }
+
     /// Starts the balancer over a stream of endpoint changes.
     ///
     /// The stream may end: the balancer then keeps the last set.
@@ -670,7 +677,7 @@ fn transport_status(error: hyper::Error, endpoint: &Endpoint) -> Status {
 
 /// tonic's generated clients send path-only URIs; HTTP/2 needs `:scheme` and
 /// `:authority` as well.
-fn set_origin(
+pub(crate) fn set_origin(
     request: &mut http::Request<SendBody>,
     scheme: http::uri::Scheme,
     authority: &http::uri::Authority,

@@ -82,15 +82,16 @@ struct Managed {
     shared: Arc<EndpointShared>,
     state: ConnectivityState,
     sender: Option<Sender>,
-    /// READY but suspected frozen (a PING probe is out).
-    suspected: Option<Exclusion>,
+    /// The connection's reasons not to pick it (suspected frozen, not
+    /// serving).
+    conn_excluded: Vec<Exclusion>,
     task: JoinHandle<()>,
 }
 
 impl Managed {
     /// Every reason not to pick it.
     fn exclusions(&self) -> Vec<Exclusion> {
-        self.suspected.iter().cloned().collect()
+        self.conn_excluded.clone()
     }
 }
 
@@ -247,7 +248,7 @@ impl Owner {
             shared,
             state: ConnectivityState::Idle,
             sender: None,
-            suspected: None,
+            conn_excluded: Vec::new(),
             task,
         };
         self.endpoints.insert(key, managed);
@@ -272,12 +273,12 @@ impl Owner {
             return; // from a connection task of a replaced endpoint
         }
         let from = managed.state;
-        let was_suspected = managed.suspected.is_some();
+        let was_excluded = !managed.exclusions().is_empty();
+        let excluded_before = std::mem::replace(&mut managed.conn_excluded, event.excluded);
         managed.state = event.state;
         managed.sender = event.sender;
-        managed.suspected = event.suspected;
         managed.shared.set_state(event.state);
-        if was_suspected || managed.suspected.is_some() {
+        if excluded_before != managed.conn_excluded {
             managed.shared.set_excluded(managed.exclusions());
         }
         if let Some(error) = &event.error {
@@ -289,14 +290,15 @@ impl Owner {
         let error = event.error.as_deref().unwrap_or("");
         match event.state {
             ConnectivityState::Ready if from == ConnectivityState::Ready => {
-                match &managed.suspected {
-                    Some(why) => {
-                        tracing::warn!(balancer = %name, endpoint = %endpoint, "endpoint not picked: {why}");
-                    }
-                    None if was_suspected => {
-                        tracing::info!(balancer = %name, endpoint = %endpoint, "endpoint answered the probe; picked again");
-                    }
-                    None => {}
+                for why in managed
+                    .conn_excluded
+                    .iter()
+                    .filter(|e| !excluded_before.contains(e))
+                {
+                    tracing::warn!(balancer = %name, endpoint = %endpoint, "endpoint not picked: {why}");
+                }
+                if was_excluded && managed.exclusions().is_empty() {
+                    tracing::info!(balancer = %name, endpoint = %endpoint, "endpoint picked again");
                 }
             }
             ConnectivityState::Ready => {
@@ -324,7 +326,7 @@ impl Owner {
         for managed in self.endpoints.values() {
             snapshot.all.push(managed.shared.clone());
             let slot = match (managed.state, &managed.sender) {
-                (ConnectivityState::Ready, Some(sender)) if managed.suspected.is_none() => {
+                (ConnectivityState::Ready, Some(sender)) if managed.exclusions().is_empty() => {
                     snapshot.ready.push(ReadyEndpoint {
                         shared: managed.shared.clone(),
                         sender: sender.clone(),

@@ -324,3 +324,205 @@ async fn slow_server_that_answers_pings_keeps_its_connection_and_calls() {
     );
     slow.abort();
 }
+
+/// An echo server with a health service whose status the test sets.
+struct HealthServer {
+    addr: SocketAddr,
+    reporter: tonic_health::server::HealthReporter,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+const SERVICE: &str = "grpc.examples.echo.Echo";
+
+impl HealthServer {
+    fn start(id: &str, initially: tonic_health::ServingStatus) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr");
+        let (reporter, health) = tonic_health::server::health_reporter();
+        let echo = echo_proto::echo_server::EchoServer::new(Named(id.to_string()));
+        let initial = reporter.clone();
+        runtime.spawn(async move {
+            initial.set_service_status(SERVICE, initially).await;
+            let listener = TcpListener::from_std(listener).expect("listener");
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let _ = tonic::transport::Server::builder()
+                .add_service(health)
+                .add_service(echo)
+                .serve_with_incoming(incoming)
+                .await;
+        });
+        Self {
+            addr,
+            reporter,
+            runtime: Some(runtime),
+        }
+    }
+
+    async fn set(&self, status: tonic_health::ServingStatus) {
+        let reporter = self.reporter.clone();
+        if let Some(runtime) = &self.runtime {
+            let set =
+                runtime.spawn(async move { reporter.set_service_status(SERVICE, status).await });
+            set.await.expect("health status set");
+        }
+    }
+
+    fn insert(&self, id: &str) -> Change {
+        Change::Insert(
+            id.into(),
+            Endpoint::new(&self.addr.to_string())
+                .expect("endpoint")
+                .with_instance_id(id),
+        )
+    }
+}
+
+impl Drop for HealthServer {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Unary echo naming its server; the streaming calls are not needed here.
+struct Named(String);
+
+type Replies = std::pin::Pin<
+    Box<dyn futures::Stream<Item = Result<echo_proto::EchoResponse, tonic::Status>> + Send>,
+>;
+
+#[tonic::async_trait]
+impl echo_proto::echo_server::Echo for Named {
+    async fn unary_echo(
+        &self,
+        request: tonic::Request<EchoRequest>,
+    ) -> Result<tonic::Response<echo_proto::EchoResponse>, tonic::Status> {
+        Ok(tonic::Response::new(echo_proto::EchoResponse {
+            message: format!("{} (from {})", request.into_inner().message, self.0),
+        }))
+    }
+
+    type ServerStreamingEchoStream = Replies;
+
+    async fn server_streaming_echo(
+        &self,
+        _: tonic::Request<EchoRequest>,
+    ) -> Result<tonic::Response<Replies>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in tests"))
+    }
+
+    async fn client_streaming_echo(
+        &self,
+        _: tonic::Request<tonic::Streaming<EchoRequest>>,
+    ) -> Result<tonic::Response<echo_proto::EchoResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in tests"))
+    }
+
+    type BidirectionalStreamingEchoStream = Replies;
+
+    async fn bidirectional_streaming_echo(
+        &self,
+        _: tonic::Request<tonic::Streaming<EchoRequest>>,
+    ) -> Result<tonic::Response<Replies>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in tests"))
+    }
+}
+
+fn not_serving(status: &EndpointStatus) -> Option<&str> {
+    status.excluded.iter().find_map(|e| match e {
+        Exclusion::NotServing { status, .. } => Some(status.as_str()),
+        _ => None,
+    })
+}
+
+async fn calls_by_server(client: &mut Client, n: usize) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for _ in 0..n {
+        let reply = client.unary_echo(hi()).await.expect("call");
+        *counts.entry(from(&reply.into_inner().message)).or_default() += 1;
+    }
+    counts
+}
+
+#[tokio::test]
+async fn health_not_serving_takes_the_endpoint_out_and_serving_brings_it_back() {
+    let a = HealthServer::start("a", tonic_health::ServingStatus::Serving);
+    let b = HealthServer::start("b", tonic_health::ServingStatus::Serving);
+    // A discovery stream that never changes: only health moves endpoints.
+    let (_discovery, changes) = support::discovery();
+    _discovery.send(a.insert("a")).expect("send");
+    _discovery.send(b.insert("b")).expect("send");
+    let balancer = Balancer::builder()
+        .name("grey")
+        .health_check(SERVICE)
+        .build(changes);
+    balancer.wait_for_ready(2).await;
+    let mut client: Client = EchoClient::new(balancer.clone());
+    assert_eq!(calls_by_server(&mut client, 20).await.len(), 2);
+
+    a.set(tonic_health::ServingStatus::NotServing).await;
+    balancer
+        .wait_until(|all| not_serving(status(all, "a")) == Some("NOT_SERVING"))
+        .await;
+    let shown = status(&balancer.endpoints(), "a").excluded[0].to_string();
+    assert_eq!(
+        shown,
+        "health service \"grpc.examples.echo.Echo\" reports NOT_SERVING"
+    );
+    assert_eq!(
+        status(&balancer.endpoints(), "a").state,
+        ConnectivityState::Ready
+    );
+    let counts = calls_by_server(&mut client, 50).await;
+    assert_eq!(counts.get("b"), Some(&50), "{counts:?}");
+
+    a.set(tonic_health::ServingStatus::Serving).await;
+    balancer.wait_for_ready(2).await;
+    let counts = calls_by_server(&mut client, 20).await;
+    assert_eq!(counts.get("a"), Some(&10), "{counts:?}");
+}
+
+#[tokio::test]
+async fn health_checking_a_server_without_the_health_service_treats_it_as_healthy() {
+    // The support servers serve Echo only: Health/Watch is UNIMPLEMENTED.
+    let server = TestServer::start("1");
+    let balancer = Balancer::builder()
+        .name("grey")
+        .health_check(SERVICE)
+        .build(futures::stream::iter([server.insert()]));
+    balancer.wait_for_ready(1).await;
+    let mut client: Client = EchoClient::new(balancer.clone());
+    assert_eq!(calls_by_server(&mut client, 5).await.get("1"), Some(&5));
+    assert!(status(&balancer.endpoints(), "1").excluded.is_empty());
+}
+
+#[tokio::test]
+async fn a_health_checked_endpoint_is_not_picked_before_its_first_serving() {
+    let server = HealthServer::start("a", tonic_health::ServingStatus::NotServing);
+    let balancer = Balancer::builder()
+        .name("grey")
+        .health_check(SERVICE)
+        .fail_fast(true)
+        .build(futures::stream::iter([server.insert("a")]));
+    balancer
+        .wait_until(|all| {
+            all.iter()
+                .any(|e| e.key == "a" && not_serving(e) == Some("NOT_SERVING"))
+        })
+        .await;
+    let mut client: Client = EchoClient::new(balancer.clone());
+    let failed = client.unary_echo(hi()).await.expect_err("nothing to pick");
+    assert_eq!(failed.code(), Code::Unavailable);
+    assert!(
+        failed.message().contains("1 not picked"),
+        "{}",
+        failed.message()
+    );
+}
