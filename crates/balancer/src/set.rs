@@ -338,10 +338,19 @@ impl Owner {
                     Slot::Failed
                 }
                 (ConnectivityState::Ready, Some(_)) => {
-                    // Excluded: a sticky request waits for it as for one
-                    // connecting (a probe ends within its timeout).
                     snapshot.excluded += 1;
-                    Slot::Connecting
+                    // A sticky request waits for a suspected instance as for
+                    // one connecting (a probe ends within its timeout); one
+                    // ejected or not serving gets the fallback at once.
+                    let passing = managed
+                        .exclusions()
+                        .iter()
+                        .all(|e| matches!(e, Exclusion::Suspected { .. }));
+                    if passing {
+                        Slot::Connecting
+                    } else {
+                        Slot::Failed
+                    }
                 }
                 _ => {
                     snapshot.connecting += 1;

@@ -110,7 +110,12 @@ pub struct Args {
     pub tls_key: Option<PathBuf>,
     /// Share of calls to fail on purpose with UNAVAILABLE, 0.0–1.0 (for
     /// tests and demos of client-side outlier ejection).
-    #[arg(long, value_name = "P", default_value = "0", allow_negative_numbers = true)]
+    #[arg(
+        long,
+        value_name = "P",
+        default_value = "0",
+        allow_negative_numbers = true
+    )]
     pub fail_rate: crate::FailRate,
     /// Do not rewrite the :authority grpc-go clients send (e.g.
     /// discovery%2Fdev%2Fgame): h2 then rejects their calls, and the server
@@ -383,7 +388,10 @@ mod tests {
         assert_eq!(parse(&["--id", "1"]).unwrap().fail_rate.get(), 0.0);
         for (bad, why) in [
             ("1.5", "the fail rate must be between 0.0 and 1.0, not 1.5"),
-            ("-0.1", "the fail rate must be between 0.0 and 1.0, not -0.1"),
+            (
+                "-0.1",
+                "the fail rate must be between 0.0 and 1.0, not -0.1",
+            ),
             ("lots", "expected a number between 0.0 and 1.0, such as 0.1"),
         ] {
             assert_eq!(
