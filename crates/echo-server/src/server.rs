@@ -68,10 +68,9 @@ impl Server {
     /// stops the server without registering.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let span = info_span!("echo", id = %self.id);
-        let router = tonic::transport::Server::builder()
-            .add_service(EchoServer::new(
-                EchoService::new(self.id.as_str()).with_fail_rate(self.fail_rate),
-            ));
+        let router = tonic::transport::Server::builder().add_service(EchoServer::new(
+            EchoService::new(self.id.as_str()).with_fail_rate(self.fail_rate),
+        ));
         self.bound.serve(router, shutdown).instrument(span).await
     }
 }
