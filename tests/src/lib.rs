@@ -19,6 +19,7 @@ use std::{
 
 pub use etcd_provision::{Cluster, EtcdProcess};
 
+pub mod go;
 pub mod pki;
 pub mod process;
 

@@ -7,7 +7,9 @@
 //!   it, stop it;
 //! - `demo`: replay the seed scenario with real processes;
 //! - `bench`: throughput, latency, pick cost, propagation, failover, scale;
-//! - `chaos`: load over real servers while servers and etcd are killed.
+//! - `chaos`: load over real servers while servers and etcd are killed;
+//! - `go-peer`: build the Go interop peer (installing Go when needed) and
+//!   print its path.
 //!
 //! xtask must build without `protoc`, so it never depends on `etcd-client`.
 
@@ -55,6 +57,9 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
     },
+    /// Build the Go interop peer (interop/go) and print its path; installs
+    /// Go on Debian/Ubuntu as root when it is missing.
+    GoPeer,
     /// Load over real servers while servers and etcd are killed and restarted.
     Chaos {
         /// How long the fault schedule runs (humantime: 20s, 2m).
@@ -81,6 +86,10 @@ fn main() -> ExitCode {
         Cmd::Test { args } => run_tests(&args),
         Cmd::Demo => demo::run(&interrupt_rx),
         Cmd::Chaos { duration, seed } => run_chaos(&duration, seed),
+        Cmd::GoPeer => provision_go_peer().map(|peer| {
+            println!("{}", peer.display());
+            ExitCode::SUCCESS
+        }),
         Cmd::Bench { quick } => bench::run(quick, &interrupt_rx),
     };
     match result {
@@ -126,12 +135,15 @@ fn run_tests(extra: &[String]) -> Result<ExitCode> {
     // The end-to-end tests run these binaries (they would build them too,
     // from inside the test; doing it here shows the compiler output).
     build_binaries(&protoc)?;
+    // The Go interop tests run it; the fixture takes it from GO_PEER.
+    let go_peer = provision_go_peer()?;
     let etcd = provision_etcd()?;
     let mut cmd = cargo();
     // Every failing test binary is reported, not only the first.
     cmd.args(["test", "--workspace", "--no-fail-fast"])
         .args(extra)
         .env("PROTOC", &protoc)
+        .env("GO_PEER", &go_peer)
         .env("ETCD_ENDPOINTS", etcd.endpoints().join(","));
     if let Some(bin) = etcd.binary() {
         // Tests that restart etcd start their own from the same binary.
@@ -223,6 +235,15 @@ fn run_chaos(duration: &str, seed: Option<u64>) -> Result<ExitCode> {
     }
     let status = cmd.status()?;
     Ok(exit_code(status.code()))
+}
+
+/// Builds the Go peer into `target/go-peer/` (cached until its sources or
+/// the Go version change), installing Go first when `go-provision` can.
+pub(crate) fn provision_go_peer() -> Result<PathBuf> {
+    eprintln!("xtask: building the Go peer (interop/go)");
+    let peer = go_provision::go_peer(&workspace_root().join("target"))?;
+    eprintln!("xtask: Go peer at {}", peer.display());
+    Ok(peer)
 }
 
 /// Finds or starts an etcd and says where it came from.

@@ -3,5 +3,6 @@
 mod advertise;
 mod echo;
 mod etcd;
+mod interop;
 mod security;
 mod server;

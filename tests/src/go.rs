@@ -1,0 +1,105 @@
+//! The Go peer (`interop/go`, built by `go-provision`) as child processes:
+//! seed-style grpc-go servers and clients for the interop tests.
+
+use std::{path::PathBuf, sync::OnceLock};
+
+use crate::process::{PATIENCE, Proc};
+
+/// Path of the built Go peer: `GO_PEER` when set (`cargo xtask test` sets
+/// it), else the first call builds it (or finds it cached under
+/// `target/go-peer/`), installing Go when `go-provision` can.
+///
+/// # Panics
+/// When there is no Go; the message says how to get it.
+pub fn go_peer() -> PathBuf {
+    static PEER: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let peer = PEER.get_or_init(|| {
+        if let Some(peer) = std::env::var_os("GO_PEER").filter(|p| !p.is_empty()) {
+            let peer = PathBuf::from(peer);
+            return if peer.is_file() {
+                Ok(peer)
+            } else {
+                Err(format!("GO_PEER={} is not a file", peer.display()))
+            };
+        }
+        let target = target_dir()?;
+        go_provision::go_peer(&target).map_err(|e| e.to_string())
+    });
+    match peer {
+        Ok(p) => p.clone(),
+        Err(e) => panic!(
+            "this test needs the Go peer: {e}. Run `cargo xtask test` (as root on Debian/Ubuntu \
+             it installs Go itself), or see interop/go/README.md"
+        ),
+    }
+}
+
+/// `target/` of this workspace, from the test executable's location
+/// (`target/<profile>/deps/<test>`).
+fn target_dir() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot locate the test binary: {e}"))?;
+    exe.ancestors()
+        .nth(3)
+        .map(PathBuf::from)
+        .ok_or_else(|| format!("unexpected test binary location {}", exe.display()))
+}
+
+/// Runs the Go peer in `mode` (`server`, `client`, `load`, `list`) with
+/// `args`.
+pub fn spawn(name: &str, mode: &str, args: &[&str]) -> Proc {
+    let mut all = vec![mode];
+    all.extend_from_slice(args);
+    Proc::spawn_exe(name, &go_peer(), &all, &[])
+}
+
+/// A Go server (`go-peer server`) with the given id, env and etcd, waited
+/// for until it is registered; returns it and its bound address.
+pub fn start_server(id: &str, env: &str, etcd: &[String], extra: &[&str]) -> (Proc, String) {
+    let etcd = etcd.join(",");
+    let mut args = vec!["--id", id, "--env", env, "--etcd", &etcd];
+    args.extend_from_slice(extra);
+    let mut server = spawn(&format!("go server {id}"), "server", &args);
+    let listening = server.wait_log("listening on ");
+    let addr = listening
+        .text
+        .split("listening on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {:?}", listening.text))
+        .to_owned();
+    server.wait_log(&format!("registered discovery/{env}/game/{addr}"));
+    (server, addr)
+}
+
+/// A Go client (`go-peer client` or `go-peer load`) on `env` and `etcd`.
+pub fn start_client(name: &str, mode: &str, env: &str, etcd: &[String], extra: &[&str]) -> Proc {
+    let etcd = etcd.join(",");
+    let mut args = vec!["--env", env, "--etcd", &etcd];
+    args.extend_from_slice(extra);
+    spawn(name, mode, &args)
+}
+
+/// Runs a Go client to its end and returns its stdout lines, panicking
+/// (with its output) when it fails.
+pub fn run_client(
+    name: &str,
+    mode: &str,
+    env: &str,
+    etcd: &[String],
+    extra: &[&str],
+) -> Vec<String> {
+    let mut client = start_client(name, mode, env, etcd, extra);
+    let status = client.wait_exit(PATIENCE);
+    let transcript = client.transcript();
+    assert!(status.success(), "{name} failed ({status}):\n{transcript}");
+    stdout_lines(&client)
+}
+
+/// Everything a process printed on stdout so far.
+pub fn stdout_lines(proc: &Proc) -> Vec<String> {
+    proc.history()
+        .iter()
+        .filter(|l| l.stream == crate::process::Stream::Out)
+        .map(|l| l.text.clone())
+        .collect()
+}
