@@ -1,6 +1,7 @@
 //! `cargo xtask bench [--quick]`: throughput and latency against a direct
 //! channel and tonic's `balance_channel`, pick cost, discovery propagation,
-//! failover and scale, with real `echo-server` processes and one load
+//! failover and scale, and the cost of the `:authority` adapter
+//! (`bench/authority.rs`), with real `echo-server` processes and one load
 //! generator (`loadgen`) for every configuration.
 //!
 //! Results: a table on stdout, `target/bench/results.json` (the keys of
@@ -22,6 +23,8 @@ use std::{
 use serde_json::{Value, json};
 
 use crate::{Result, cargo, ensure_protoc, provision_etcd, workspace_root};
+
+mod authority;
 
 /// CPU of the load generator and CPU of the servers when pinning works.
 const CLIENT_CPU: &str = "0";
@@ -130,6 +133,7 @@ pub(crate) fn run(quick: bool, interrupt: &Receiver<()>) -> Result<ExitCode> {
         v
     };
     details["throughput"] = timed("throughput", bench.throughput(&plan)?);
+    details["authority"] = timed("authority", bench.authority(&plan)?);
     details["pick"] = timed("pick", bench.pick(&plan, &protoc)?);
     details["propagation"] = timed("propagation", bench.propagation(&plan)?);
     details["failover"] = timed("failover", bench.failover(&plan)?);
@@ -151,6 +155,7 @@ pub(crate) fn run(quick: bool, interrupt: &Receiver<()>) -> Result<ExitCode> {
         serde_json::to_string_pretty(&details)? + "\n",
     )?;
     print_table(&details);
+    authority::print(&details);
     println!(
         "\nresults: {} (details: {})",
         out_dir.join("results.json").display(),

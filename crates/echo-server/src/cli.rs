@@ -123,6 +123,10 @@ pub struct Args {
     /// (grpc.WithAuthority).
     #[arg(long)]
     pub strict_authority: bool,
+    /// Serve without the :authority adapter at all (no rewrite, no WARN):
+    /// for measuring its cost (cargo xtask bench).
+    #[arg(long, conflicts_with = "strict_authority")]
+    pub no_authority_adapter: bool,
 }
 
 impl Args {
@@ -181,6 +185,7 @@ impl Args {
             tls: self.tls_cert.zip(self.tls_key),
             fail_rate: self.fail_rate,
             strict_authority: self.strict_authority,
+            authority_adapter: !self.no_authority_adapter,
             ..Config::new("")
         }
     }

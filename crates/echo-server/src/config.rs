@@ -27,6 +27,7 @@ pub const DEFAULT_ETCD_ENDPOINT: &str = "http://127.0.0.1:2379";
 /// | `tls` | none (plaintext gRPC) | `--tls-cert` and `--tls-key` |
 /// | `strict_authority` | false (grpc-go's `:authority` is fixed on the way in) | `--strict-authority` |
 /// | `fail_rate` | 0 (no call failed on purpose) | `--fail-rate` |
+/// | `authority_adapter` | true | `--no-authority-adapter` (benchmarks) |
 /// | `connect_timeout` | 5 s (no flag) | |
 ///
 /// The key registered is `discovery/<env>/<service>/<advertised address>` and its
@@ -82,6 +83,12 @@ pub struct Config {
     /// server logs one WARN per such connection naming the Go-side fix,
     /// `grpc.WithAuthority(...)`.
     pub strict_authority: bool,
+    /// `true` (the default): connections go through [`authority_fix`] (in
+    /// fix or observe mode, see [`strict_authority`](Self::strict_authority)).
+    /// `false`: connections are not wrapped at all
+    /// (`serve::Server::authority_fix(None)`) — no rewrite and no WARN; for
+    /// measuring the adapter's cost.
+    pub authority_adapter: bool,
 }
 
 impl Config {
@@ -104,6 +111,7 @@ impl Config {
             connect_timeout: Duration::from_secs(5),
             fail_rate: crate::FailRate::default(),
             strict_authority: false,
+            authority_adapter: true,
         }
     }
 

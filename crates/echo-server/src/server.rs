@@ -34,6 +34,9 @@ impl Server {
             .drain(config.drain)
             .shutdown_timeout(config.shutdown_timeout)
             .strict_authority(config.strict_authority);
+        if !config.authority_adapter {
+            server = server.authority_fix(None);
+        }
         if let Some(tls) = tls {
             server = server.tls(tls);
         }
