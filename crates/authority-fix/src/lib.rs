@@ -34,8 +34,9 @@
 //! `TcpIncoming::from(listener).map_ok(authority_fix::wrap)` — see
 //! `examples/tonic_server.rs`. With TLS, wrap the decrypted stream (the
 //! adapter must see HTTP/2 frames): accept TLS yourself and hand tonic the
-//! wrapped TLS streams; over tonic's own `tls_config` the adapter would see
-//! ciphertext and pass it through untouched.
+//! wrapped TLS streams, as the `serve` crate of this workspace does; over
+//! tonic's own `tls_config` the adapter would see ciphertext and pass it
+//! through untouched.
 
 use std::{
     io,
