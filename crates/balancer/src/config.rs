@@ -102,6 +102,7 @@ pub(crate) struct Config {
     pub(crate) max_retries: usize,
     pub(crate) endpoint: EndpointConfig,
     pub(crate) policy: crate::policy::PolicyHandle,
+    pub(crate) outlier: Option<crate::OutlierDetection>,
 }
 
 impl Default for Config {
@@ -115,6 +116,7 @@ impl Default for Config {
             max_retries: 3,
             endpoint: EndpointConfig::default(),
             policy: crate::policy::PolicyHandle::default(),
+            outlier: Some(crate::OutlierDetection::default()),
         }
     }
 }

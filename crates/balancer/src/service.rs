@@ -61,6 +61,7 @@ pub(crate) struct Shared {
     pub(crate) changed: watch::Sender<u64>,
     sticky_fallbacks: AtomicU64,
     retries: AtomicU64,
+    pub(crate) ejections: AtomicU64,
 }
 
 /// Builds a [`Balancer`]; every setting has a default (see each method).
@@ -161,6 +162,15 @@ impl Builder {
         self
     }
 
+    /// Outlier ejection (gRFC A50 style): endpoints whose calls fail far
+    /// more than the others', or several times in a row, are not picked for
+    /// a while. Default on with [`OutlierDetection::default`](crate::OutlierDetection);
+    /// `None` turns it off.
+    pub fn outlier_detection(mut self, detection: Option<crate::OutlierDetection>) -> Self {
+        self.config.outlier = detection;
+        self
+    }
+
     /// Starts the balancer over a stream of endpoint changes.
     ///
     /// The stream may end: the balancer then keeps the last set.
@@ -178,6 +188,7 @@ impl Builder {
             changed,
             sticky_fallbacks: AtomicU64::new(0),
             retries: AtomicU64::new(0),
+            ejections: AtomicU64::new(0),
         });
         let (shutdown_tx, shutdown_rx) = oneshot::channel();
         tokio::spawn(Owner::new(shared.clone()).run(discovery, shutdown_rx));
@@ -237,6 +248,7 @@ impl Balancer {
         Stats {
             sticky_fallbacks: shared.sticky_fallbacks.load(Ordering::Relaxed),
             retries: shared.retries.load(Ordering::Relaxed),
+            ejections: shared.ejections.load(Ordering::Relaxed),
         }
     }
 

@@ -13,7 +13,7 @@ use std::{
 use discover::{Change, Endpoint};
 use futures::{FutureExt as _, Stream, StreamExt as _};
 use tokio::{
-    sync::{mpsc, oneshot},
+    sync::{Notify, mpsc, oneshot},
     task::JoinHandle,
     time::{Duration, Instant},
 };
@@ -85,13 +85,21 @@ struct Managed {
     /// The connection's reasons not to pick it (suspected frozen, not
     /// serving).
     conn_excluded: Vec<Exclusion>,
+    /// Outlier ejection in force.
+    ejection: Option<Exclusion>,
+    /// Ejections so far, less one per interval without one (gRFC A50).
+    times_ejected: u32,
     task: JoinHandle<()>,
 }
 
 impl Managed {
     /// Every reason not to pick it.
     fn exclusions(&self) -> Vec<Exclusion> {
-        self.conn_excluded.clone()
+        self.conn_excluded
+            .iter()
+            .chain(self.ejection.iter())
+            .cloned()
+            .collect()
     }
 }
 
@@ -116,11 +124,19 @@ pub(crate) struct Owner {
     /// the policy builds a new one only when these change.
     picker: Arc<dyn Picker>,
     picked_from: Vec<Arc<EndpointShared>>,
+    /// Woken by an endpoint that reached its consecutive-failure limit.
+    outlier_wake: Arc<Notify>,
+    next_outlier_interval: Instant,
 }
 
 impl Owner {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let first_interval = shared
+            .config
+            .outlier
+            .as_ref()
+            .map_or(Duration::ZERO, |o| o.interval);
         Self {
             shared,
             endpoints: HashMap::new(),
@@ -132,6 +148,8 @@ impl Owner {
             last_publish: Instant::now(),
             picker: Arc::new(NoEndpoint),
             picked_from: Vec::new(),
+            outlier_wake: Arc::new(Notify::new()),
+            next_outlier_interval: Instant::now() + first_interval,
         }
     }
 
@@ -145,6 +163,8 @@ impl Owner {
         loop {
             let was_open = discovery_open;
             let publish_at = self.dirty.then(|| self.next_publish());
+            let outlier_at = self.next_outlier_check();
+            let outlier_wake = self.outlier_wake.clone();
             tokio::select! {
                 _ = &mut shutdown => break,
                 () = sleep_until_some(publish_at) => {}
@@ -167,6 +187,10 @@ impl Owner {
                     None => discovery_open = false,
                 },
                 Some(event) = self.events_rx.recv() => self.apply_event(event),
+                () = outlier_wake.notified(), if outlier_at.is_some() => {
+                    self.eject_consecutive();
+                }
+                () = sleep_until_some(outlier_at) => self.outlier_tick(),
             }
             if was_open && !discovery_open {
                 tracing::debug!(balancer = %self.shared.config.name, "discovery stream ended; keeping the last set");
@@ -220,7 +244,11 @@ impl Owner {
         {
             return;
         }
-        let shared = match EndpointShared::new(key.clone(), endpoint.clone()) {
+        let counters = crate::outlier::Counters::new(
+            self.shared.config.outlier.as_ref(),
+            self.outlier_wake.clone(),
+        );
+        let shared = match EndpointShared::new(key.clone(), endpoint.clone(), counters) {
             Ok(shared) => shared,
             Err(e) => {
                 tracing::warn!(key = %key, endpoint = %endpoint, error = %e, "endpoint address is not a valid authority; ignored");
@@ -249,6 +277,8 @@ impl Owner {
             state: ConnectivityState::Idle,
             sender: None,
             conn_excluded: Vec::new(),
+            ejection: None,
+            times_ejected: 0,
             task,
         };
         self.endpoints.insert(key, managed);
@@ -312,6 +342,160 @@ impl Owner {
             }
             ConnectivityState::Connecting => {
                 tracing::debug!(balancer = %name, endpoint = %endpoint, ?from, "endpoint connecting");
+            }
+        }
+    }
+
+    /// When the outlier logic next needs to run: the next interval or the
+    /// end of the earliest ejection.
+    fn next_outlier_check(&self) -> Option<Instant> {
+        self.shared.config.outlier.as_ref()?;
+        let ends = self.endpoints.values().filter_map(|m| match &m.ejection {
+            Some(Exclusion::Ejected { until, .. }) => Some(*until),
+            _ => None,
+        });
+        Some(ends.fold(self.next_outlier_interval, Instant::min))
+    }
+
+    fn ejected_count(&self) -> usize {
+        self.endpoints
+            .values()
+            .filter(|m| m.ejection.is_some())
+            .count()
+    }
+
+    /// Ejects `key` if the share allows; returns whether it did.
+    fn eject(&mut self, key: &str, reason: String) -> bool {
+        let Some(config) = self.shared.config.outlier.clone() else {
+            return false;
+        };
+        let n = self.endpoints.len();
+        if self.ejected_count() >= config.max_ejected(n) {
+            tracing::info!(
+                balancer = %self.shared.config.name,
+                key,
+                "would eject ({reason}) but {} of {n} endpoints are ejected already (max share {})",
+                self.ejected_count(),
+                config.max_ejected_share
+            );
+            return false;
+        }
+        let Some(managed) = self.endpoints.get_mut(key) else {
+            return false;
+        };
+        managed.times_ejected += 1;
+        let time = config.ejection_time(managed.times_ejected);
+        let ejection = Exclusion::Ejected {
+            until: Instant::now() + time,
+            times: managed.times_ejected,
+            reason,
+        };
+        tracing::warn!(
+            balancer = %self.shared.config.name,
+            endpoint = %managed.shared.endpoint,
+            "endpoint not picked: {ejection}"
+        );
+        managed.ejection = Some(ejection);
+        managed.shared.outlier.reset_consecutive();
+        managed.shared.set_excluded(managed.exclusions());
+        self.shared
+            .ejections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.dirty = true;
+        true
+    }
+
+    /// Endpoints that reached their consecutive-failure limit.
+    fn eject_consecutive(&mut self) {
+        let due: Vec<(String, u32)> = self
+            .endpoints
+            .iter()
+            .filter(|(_, m)| m.ejection.is_none())
+            .filter_map(|(key, m)| {
+                let limit = m.shared.outlier.consecutive_limit();
+                let row = m.shared.outlier.consecutive();
+                (limit > 0 && row >= limit).then(|| (key.clone(), row))
+            })
+            .collect();
+        for (key, row) in due {
+            self.eject(&key, format!("{row} failed calls in a row"));
+        }
+    }
+
+    /// Ends ejections whose time is up and, once per interval, compares
+    /// failure rates.
+    fn outlier_tick(&mut self) {
+        let Some(config) = self.shared.config.outlier.clone() else {
+            return;
+        };
+        let now = Instant::now();
+        for managed in self.endpoints.values_mut() {
+            if let Some(Exclusion::Ejected { until, .. }) = &managed.ejection
+                && *until <= now
+            {
+                managed.ejection = None;
+                managed.shared.outlier.reset_consecutive();
+                managed.shared.set_excluded(managed.exclusions());
+                tracing::info!(
+                    balancer = %self.shared.config.name,
+                    endpoint = %managed.shared.endpoint,
+                    "ejection ended; endpoint picked again"
+                );
+                self.dirty = true;
+            }
+        }
+        if now < self.next_outlier_interval {
+            return;
+        }
+        self.next_outlier_interval = now + config.interval;
+        let windows: Vec<(String, u64, u64)> = self
+            .endpoints
+            .iter()
+            .map(|(key, m)| {
+                let (calls, failures) = m.shared.outlier.take_window();
+                (key.clone(), calls, failures)
+            })
+            .collect();
+        let rate = |calls: u64, failures: u64| failures as f64 / calls.max(1) as f64;
+        let mut candidates: Vec<(f64, String, u64, u64)> = Vec::new();
+        for (key, calls, failures) in &windows {
+            if *calls < config.min_calls || rate(*calls, *failures) < config.failure_rate {
+                continue;
+            }
+            let others: Vec<f64> = windows
+                .iter()
+                .filter(|(k, c, _)| k != key && *c > 0)
+                .map(|(_, c, f)| rate(*c, *f))
+                .collect();
+            let others_mean = others.iter().sum::<f64>() / others.len().max(1) as f64;
+            // A failure everywhere is no outlier.
+            if !others.is_empty() && others_mean < config.failure_rate {
+                candidates.push((rate(*calls, *failures), key.clone(), *calls, *failures));
+            }
+        }
+        candidates.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let mut ejected_now = std::collections::HashSet::new();
+        for (rate, key, calls, failures) in candidates {
+            let already = self
+                .endpoints
+                .get(&key)
+                .is_some_and(|m| m.ejection.is_some());
+            if !already
+                && self.eject(
+                    &key,
+                    format!(
+                        "{failures} of {calls} calls failed ({:.0} %) in the last {:.1?}",
+                        rate * 100.0,
+                        config.interval
+                    ),
+                )
+            {
+                ejected_now.insert(key);
+            }
+        }
+        for (key, managed) in &mut self.endpoints {
+            if managed.ejection.is_none() && !ejected_now.contains(key) {
+                managed.times_ejected = managed.times_ejected.saturating_sub(1);
             }
         }
     }

@@ -137,6 +137,8 @@ pub struct Stats {
     pub sticky_fallbacks: u64,
     /// Requests retried on another endpoint because they were never sent.
     pub retries: u64,
+    /// Outlier ejections so far.
+    pub ejections: u64,
 }
 
 /// How one call on an endpoint ended; every call ends in exactly one
@@ -191,10 +193,16 @@ pub(crate) struct EndpointShared {
     /// The response extension naming this endpoint.
     pub(crate) served_by: ServedBy,
     excluded: Mutex<Vec<Exclusion>>,
+    /// Call counts for outlier ejection.
+    pub(crate) outlier: crate::outlier::Counters,
 }
 
 impl EndpointShared {
-    pub(crate) fn new(key: String, endpoint: Endpoint) -> Result<Arc<Self>, http::uri::InvalidUri> {
+    pub(crate) fn new(
+        key: String,
+        endpoint: Endpoint,
+        outlier: crate::outlier::Counters,
+    ) -> Result<Arc<Self>, http::uri::InvalidUri> {
         let authority = endpoint.addr().parse()?;
         let instance = endpoint.instance_id().map(Arc::from);
         Ok(Arc::new(Self {
@@ -209,6 +217,7 @@ impl EndpointShared {
             last_error: Mutex::new(None),
             signals: Signals::default(),
             excluded: Mutex::new(Vec::new()),
+            outlier,
         }))
     }
 
@@ -222,6 +231,7 @@ impl EndpointShared {
         if outcome != Outcome::Cancelled {
             self.signals.record_result(outcome.failed());
         }
+        self.outlier.record(outcome);
     }
 
     pub(crate) fn state(&self) -> ConnectivityState {

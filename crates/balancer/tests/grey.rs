@@ -18,7 +18,7 @@ use std::{
 
 use balancer::{
     BackoffConfig, Balancer, Change, ConnectivityState, Endpoint, EndpointStatus, Exclusion,
-    FreezeDetection,
+    FreezeDetection, OutlierDetection,
 };
 use echo_proto::{EchoRequest, echo_client::EchoClient};
 use support::{TestServer, from, hi};
@@ -336,6 +336,11 @@ const SERVICE: &str = "grpc.examples.echo.Echo";
 
 impl HealthServer {
     fn start(id: &str, initially: tonic_health::ServingStatus) -> Self {
+        Self::start_failing(id, initially, false)
+    }
+
+    /// With `fail`, every Echo call fails with UNAVAILABLE.
+    fn start_failing(id: &str, initially: tonic_health::ServingStatus, fail: bool) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -345,7 +350,10 @@ impl HealthServer {
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("addr");
         let (reporter, health) = tonic_health::server::health_reporter();
-        let echo = echo_proto::echo_server::EchoServer::new(Named(id.to_string()));
+        let echo = echo_proto::echo_server::EchoServer::new(Named {
+            id: id.to_string(),
+            fail,
+        });
         let initial = reporter.clone();
         runtime.spawn(async move {
             initial.set_service_status(SERVICE, initially).await;
@@ -392,7 +400,10 @@ impl Drop for HealthServer {
 }
 
 /// Unary echo naming its server; the streaming calls are not needed here.
-struct Named(String);
+struct Named {
+    id: String,
+    fail: bool,
+}
 
 type Replies = std::pin::Pin<
     Box<dyn futures::Stream<Item = Result<echo_proto::EchoResponse, tonic::Status>> + Send>,
@@ -404,8 +415,11 @@ impl echo_proto::echo_server::Echo for Named {
         &self,
         request: tonic::Request<EchoRequest>,
     ) -> Result<tonic::Response<echo_proto::EchoResponse>, tonic::Status> {
+        if self.fail {
+            return Err(tonic::Status::unavailable(format!("{} fails", self.id)));
+        }
         Ok(tonic::Response::new(echo_proto::EchoResponse {
-            message: format!("{} (from {})", request.into_inner().message, self.0),
+            message: format!("{} (from {})", request.into_inner().message, self.id),
         }))
     }
 
@@ -525,4 +539,120 @@ async fn a_health_checked_endpoint_is_not_picked_before_its_first_serving() {
         "{}",
         failed.message()
     );
+}
+
+fn ejected(status: &EndpointStatus) -> Option<(tokio::time::Instant, u32)> {
+    status.excluded.iter().find_map(|e| match e {
+        Exclusion::Ejected { until, times, .. } => Some((*until, *times)),
+        _ => None,
+    })
+}
+
+fn ejection(base: Duration) -> OutlierDetection {
+    OutlierDetection {
+        base_ejection_time: base,
+        ..OutlierDetection::default()
+    }
+}
+
+async fn outcomes(client: &mut Client, n: usize) -> (HashMap<String, usize>, usize) {
+    let mut ok = HashMap::new();
+    let mut failed = 0;
+    for _ in 0..n {
+        match client.unary_echo(hi()).await {
+            Ok(reply) => *ok.entry(from(&reply.into_inner().message)).or_default() += 1,
+            Err(_) => failed += 1,
+        }
+    }
+    (ok, failed)
+}
+
+#[tokio::test]
+async fn a_server_failing_every_call_is_ejected_and_the_others_answer() {
+    use tonic_health::ServingStatus::Serving;
+    let a = HealthServer::start("a", Serving);
+    let b = HealthServer::start("b", Serving);
+    let bad = HealthServer::start_failing("bad", Serving, true);
+    let balancer = Balancer::builder()
+        .name("grey")
+        .outlier_detection(Some(ejection(Duration::from_secs(60))))
+        .build(futures::stream::iter([
+            a.insert("a"),
+            b.insert("b"),
+            bad.insert("bad"),
+        ]));
+    balancer.wait_for_ready(3).await;
+    let mut client: Client = EchoClient::new(balancer.clone());
+    let (ok, failed) = outcomes(&mut client, 1000).await;
+    let answered: usize = ok.values().sum();
+    assert!(
+        answered * 100 >= 99 * 1000,
+        "{answered} of 1000 answered, {failed} failed: {ok:?}"
+    );
+    let all = balancer.endpoints();
+    let (_, times) = ejected(status(&all, "bad")).expect("ejected");
+    assert_eq!(times, 1);
+    assert!(ejected(status(&all, "a")).is_none() && ejected(status(&all, "b")).is_none());
+    assert_eq!(balancer.stats().ejections, 1);
+    let shown = status(&all, "bad").excluded[0].to_string();
+    assert!(shown.contains("5 failed calls in a row"), "{shown}");
+}
+
+#[tokio::test]
+async fn an_ejection_ends_after_its_time_and_grows_when_repeated() {
+    use tonic_health::ServingStatus::Serving;
+    let a = HealthServer::start("a", Serving);
+    let bad = HealthServer::start_failing("bad", Serving, true);
+    let base = Duration::from_millis(300);
+    let balancer = Balancer::builder()
+        .name("grey")
+        .outlier_detection(Some(ejection(base)))
+        .build(futures::stream::iter([a.insert("a"), bad.insert("bad")]));
+    balancer.wait_for_ready(2).await;
+    let mut client: Client = EchoClient::new(balancer.clone());
+    while ejected(status(&balancer.endpoints(), "bad")).is_none() {
+        let _ = client.unary_echo(hi()).await;
+    }
+    let (first_until, _) = ejected(status(&balancer.endpoints(), "bad")).expect("ejected");
+    // Its time over, it is picked again...
+    balancer
+        .wait_until(|all| status(all, "bad").excluded.is_empty())
+        .await;
+    assert!(tokio::time::Instant::now() >= first_until);
+    // ...fails again, and the second ejection is longer.
+    let again = tokio::time::Instant::now();
+    while ejected(status(&balancer.endpoints(), "bad")).is_none() {
+        let _ = client.unary_echo(hi()).await;
+    }
+    let (until, times) = ejected(status(&balancer.endpoints(), "bad")).expect("ejected");
+    assert_eq!(times, 2);
+    assert!(until - again > base, "second ejection lasts 2 × base");
+    assert_eq!(balancer.stats().ejections, 2);
+}
+
+#[tokio::test]
+async fn never_all_endpoints_are_ejected() {
+    use tonic_health::ServingStatus::Serving;
+    let servers: Vec<HealthServer> = ["x", "y", "z"]
+        .iter()
+        .map(|id| HealthServer::start_failing(id, Serving, true))
+        .collect();
+    let balancer = Balancer::builder()
+        .name("grey")
+        .outlier_detection(Some(ejection(Duration::from_secs(60))))
+        .build(futures::stream::iter(
+            servers
+                .iter()
+                .zip(["x", "y", "z"])
+                .map(|(s, id)| s.insert(id))
+                .collect::<Vec<_>>(),
+        ));
+    balancer.wait_for_ready(3).await;
+    let mut client: Client = EchoClient::new(balancer.clone());
+    let (_, failed) = outcomes(&mut client, 200).await;
+    assert_eq!(failed, 200);
+    let all = balancer.endpoints();
+    let ejected_now = all.iter().filter(|e| ejected(e).is_some()).count();
+    assert_eq!(ejected_now, 1, "at most 50 % of 3 (rounded down): {all:?}");
+    assert_eq!(balancer.ready_count(), 2);
 }
