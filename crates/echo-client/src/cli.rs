@@ -73,6 +73,11 @@ pub struct Args {
     /// robin (rr) or fail (fail).
     #[arg(long, value_enum, default_value = "rr")]
     pub fallback: FallbackArg,
+    /// Client-side health checking: watch grpc.health.v1 for SERVICE on
+    /// every server (default grpc.examples.echo.Echo); a server reporting
+    /// NOT_SERVING (e.g. draining) gets no new calls at once.
+    #[arg(long, value_name = "SERVICE", num_args = 0..=1, default_missing_value = "grpc.examples.echo.Echo")]
+    pub health_check: Option<String>,
     /// Load mode: this many calls in flight at all times (closed loop).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..10_000), requires = "duration")]
     pub concurrency: Option<u64>,
@@ -175,6 +180,7 @@ impl Args {
                 .map(|(user, password)| EtcdAuth { user, password }),
             tls_ca: self.tls_ca.clone(),
             tls_domain: self.tls_domain.clone(),
+            health_check: self.health_check.clone(),
             ..Config::default()
         }
     }
@@ -358,5 +364,25 @@ mod tests {
         );
         let err = parse(&["--etcd-key", manifest]).unwrap_err();
         assert!(err.contains("no private key in it"), "{err}");
+    }
+
+    #[test]
+    fn health_check_takes_an_optional_service_name() {
+        let parse = |args: &[&str]| {
+            Args::try_parse_from(std::iter::once("echo-client").chain(args.iter().copied()))
+                .expect("parse")
+                .config()
+                .health_check
+        };
+        assert_eq!(parse(&[]), None);
+        assert_eq!(
+            parse(&["--health-check"]).as_deref(),
+            Some("grpc.examples.echo.Echo")
+        );
+        assert_eq!(parse(&["--health-check", ""]).as_deref(), Some(""));
+        assert_eq!(
+            parse(&["--health-check", "game.Game"]).as_deref(),
+            Some("game.Game")
+        );
     }
 }

@@ -30,6 +30,7 @@ pub const WAIT_LOG_GRACE: Duration = Duration::from_millis(500);
 /// | `etcd_auth` | none | `--etcd-user`, password from env `ETCD_PASSWORD` |
 /// | `tls_ca` | none (plaintext gRPC) | `--tls-ca` |
 /// | `tls_domain` | the host of each address | `--tls-domain` |
+/// | `health_check` | none (off) | `--health-check [SERVICE]` |
 /// | `call_timeout` | 10 s (no flag) | |
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -60,6 +61,10 @@ pub struct Config {
     /// Limit for one call, waiting for an instance included (after the
     /// first instance was found).
     pub call_timeout: Duration,
+    /// Client-side health checking: the service name each server's
+    /// `grpc.health.v1.Health/Watch` is asked about; a server reporting
+    /// NOT_SERVING gets no new calls at once.
+    pub health_check: Option<String>,
 }
 
 impl Default for Config {
@@ -76,6 +81,7 @@ impl Default for Config {
             tls_ca: None,
             tls_domain: None,
             call_timeout: Duration::from_secs(10),
+            health_check: None,
         }
     }
 }
@@ -175,6 +181,7 @@ impl Client {
             .await
             .map_err(|e| Error(e.to_string()))?
             .resolve();
+        endpoint_config.health_check = config.health_check.clone();
         let balancer = Balancer::builder()
             .name(prefix.as_str())
             .fallback(config.fallback)

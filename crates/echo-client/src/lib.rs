@@ -48,6 +48,7 @@
 //! | `--message` | `hi` | message sent |
 //! | `--interval` | `1s` | pause between calls |
 //! | `--count` | unlimited | number of calls, then exit 0 |
+//! | `--health-check [SERVICE]` | off | watch grpc.health.v1 for SERVICE (default `grpc.examples.echo.Echo`) on every server; NOT_SERVING ones get no new calls |
 //! | `--fallback` | `rr` | sticky call to an unavailable instance: `rr` (round robin) or `fail` |
 //! | `--concurrency`, `--duration` | off | load mode (both required) |
 //! | `--etcd-ca` | none | PEM file of the CA that signed etcd's certificate; endpoints `https://` |
