@@ -656,3 +656,180 @@ async fn never_all_endpoints_are_ejected() {
     assert_eq!(ejected_now, 1, "at most 50 % of 3 (rounded down): {all:?}");
     assert_eq!(balancer.ready_count(), 2);
 }
+
+/// Follows HTTP/2 frame headers in one direction of a byte stream.
+struct FrameScan {
+    skip: usize,
+    header: Vec<u8>,
+    payload_left: usize,
+}
+
+impl FrameScan {
+    fn new(preface: usize) -> Self {
+        Self {
+            skip: preface,
+            header: Vec::new(),
+            payload_left: 0,
+        }
+    }
+
+    /// Calls `frame(type, flags)` for each frame header completed in `bytes`.
+    fn feed(&mut self, mut bytes: &[u8], mut frame: impl FnMut(u8, u8)) {
+        while !bytes.is_empty() {
+            if self.skip > 0 || self.payload_left > 0 {
+                let left = if self.skip > 0 {
+                    &mut self.skip
+                } else {
+                    &mut self.payload_left
+                };
+                let n = (*left).min(bytes.len());
+                *left -= n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let n = (9 - self.header.len()).min(bytes.len());
+            self.header.extend_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+            if self.header.len() == 9 {
+                let h = std::mem::take(&mut self.header);
+                self.payload_left =
+                    (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]);
+                frame(h[3], h[4]);
+            }
+        }
+    }
+}
+
+/// grpc-go's server ping policy (`http2_server.go` `handlePing`, default
+/// `MinTime` 5 min): a strike per PING sooner than 5 min after the previous
+/// one unless the server sent HEADERS/DATA since; above 2 strikes, GOAWAY
+/// `too_many_pings`.
+#[derive(Default)]
+struct PingPolice {
+    reset: bool,
+    strikes: u32,
+    last_ping: Option<std::time::Instant>,
+    pings: u32,
+    goaways: u32,
+}
+
+impl PingPolice {
+    fn on_client_ping(&mut self) {
+        self.pings += 1;
+        let now = std::time::Instant::now();
+        let last = self.last_ping.replace(now);
+        if std::mem::take(&mut self.reset) {
+            self.strikes = 0;
+            return;
+        }
+        if last.is_some_and(|last| now - last < Duration::from_secs(300)) {
+            self.strikes += 1;
+        }
+        if self.strikes > 2 {
+            self.goaways += 1;
+        }
+    }
+}
+
+/// A relay to `upstream` that enforces nothing but counts what grpc-go's
+/// ping policy would do with the client's PINGs.
+async fn policed(upstream: SocketAddr) -> (SocketAddr, Arc<std::sync::Mutex<PingPolice>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let police = Arc::new(std::sync::Mutex::new(PingPolice::default()));
+    let shared = police.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = TcpStream::connect(upstream).await else {
+                return;
+            };
+            let _ = client.set_nodelay(true);
+            let _ = server.set_nodelay(true);
+            let (mut cr, mut cw) = client.into_split();
+            let (mut sr, mut sw) = server.into_split();
+            let up = shared.clone();
+            tokio::spawn(async move {
+                let mut scan = FrameScan::new(24);
+                let mut buf = vec![0u8; 16 * 1024];
+                while let Ok(n @ 1..) = cr.read(&mut buf).await {
+                    scan.feed(&buf[..n], |kind, flags| {
+                        if kind == 0x6 && flags & 0x1 == 0 {
+                            up.lock().expect("police").on_client_ping();
+                        }
+                    });
+                    if sw.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            let down = shared.clone();
+            tokio::spawn(async move {
+                let mut scan = FrameScan::new(0);
+                let mut buf = vec![0u8; 16 * 1024];
+                while let Ok(n @ 1..) = sr.read(&mut buf).await {
+                    // Forwarded first: the flag must be set before the client
+                    // can react to these bytes, as in grpc-go (set on write).
+                    scan.feed(&buf[..n], |kind, _| {
+                        if kind <= 0x1 {
+                            down.lock().expect("police").reset = true;
+                        }
+                    });
+                    if cw.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, police)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_never_earn_a_grpc_go_too_many_pings() {
+    let server = TestServer::start("1");
+    let (addr, police) = policed(server.addr).await;
+    let detection = FreezeDetection {
+        suspect_after: Duration::from_millis(30),
+        probe_timeout: Duration::from_secs(2),
+    };
+    let balancer = Balancer::builder()
+        .name("grey")
+        .freeze_detection(Some(detection))
+        .build(futures::stream::iter([Change::Insert(
+            "1".into(),
+            Endpoint::new(&addr.to_string()).expect("endpoint"),
+        )]));
+    balancer.wait_for_ready(1).await;
+    let mut client: Client = EchoClient::new(balancer.clone());
+    // A call that never ends keeps the connection silent with a call in
+    // flight: the worst case for the probe budget.
+    let mut slow_client = client.clone();
+    let slow = tokio::spawn(async move {
+        slow_client
+            .unary_echo(EchoRequest {
+                message: "slow".into(),
+            })
+            .await
+    });
+    server.slow_call.notified().await;
+    // Long silences, then short ones broken by answered calls.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        client.unary_echo(hi()).await.expect("call");
+    }
+    let police = police.lock().expect("police");
+    assert!(
+        police.pings >= 3,
+        "the test must make probes: {}",
+        police.pings
+    );
+    assert_eq!(
+        police.goaways, 0,
+        "{} pings, {} strikes",
+        police.pings, police.strikes
+    );
+    assert_eq!(server.connections.load(Ordering::Relaxed), 1);
+    assert_eq!(status(&balancer.endpoints(), "1").failures, 0);
+    slow.abort();
+}
