@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 
 use crate::{Result, cargo, ensure_protoc, provision_etcd, workspace_root};
 
-mod authority;
+pub(crate) mod authority;
 
 /// CPU of the load generator and CPU of the servers when pinning works.
 const CLIENT_CPU: &str = "0";

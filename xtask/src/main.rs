@@ -8,6 +8,7 @@
 //! - `demo`: replay the seed scenario with real processes;
 //! - `bench`: throughput, latency, pick cost, propagation, failover, scale;
 //! - `chaos`: load over real servers while servers and etcd are killed;
+//! - `bench-authority`: only the `:authority` adapter's cost (on vs off);
 //! - `go-peer`: build the Go interop peer (installing Go when needed) and
 //!   print its path.
 //!
@@ -57,6 +58,12 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
     },
+    /// Only the benchmark of the :authority adapter (on vs off, C=32).
+    BenchAuthority {
+        /// Shorter windows: 2 pairs of runs instead of 4.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Build the Go interop peer (interop/go) and print its path; installs
     /// Go on Debian/Ubuntu as root when it is missing.
     GoPeer,
@@ -86,6 +93,7 @@ fn main() -> ExitCode {
         Cmd::Test { args } => run_tests(&args),
         Cmd::Demo => demo::run(&interrupt_rx),
         Cmd::Chaos { duration, seed } => run_chaos(&duration, seed),
+        Cmd::BenchAuthority { quick } => bench::authority::run_alone(quick, &interrupt_rx),
         Cmd::GoPeer => provision_go_peer().map(|peer| {
             println!("{}", peer.display());
             ExitCode::SUCCESS

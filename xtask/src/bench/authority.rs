@@ -8,12 +8,51 @@
 //! alternate between the pairs (on, off, off, on, ...) so that drift on the
 //! shared machine hits both alike; the claim is the ratio of the medians.
 
-use std::time::Duration;
+use std::{process::ExitCode, sync::mpsc::Receiver, time::Duration};
 
 use serde_json::{Value, json};
 
-use super::{Bench, Plan, SERVER_CPU};
-use crate::Result;
+use super::{Bench, Plan, SERVER_CPU, taskset_works};
+use crate::{Result, cargo, ensure_protoc, provision_etcd, workspace_root};
+
+/// `cargo xtask bench-authority [--quick]`: this section alone, with the
+/// same build, etcd and pinning as `cargo xtask bench`; writes
+/// `target/bench/authority.json`.
+pub(crate) fn run_alone(quick: bool, interrupt: &Receiver<()>) -> Result<ExitCode> {
+    let plan = Plan::new(quick);
+    let protoc = ensure_protoc()?;
+    eprintln!("xtask bench-authority: building echo-server and loadgen (release)");
+    let status = cargo()
+        .args(["build", "--release", "-p", "echo-server", "-p", "loadgen"])
+        .env("PROTOC", &protoc)
+        .status()?;
+    if !status.success() {
+        return Err(format!("cargo build --release failed ({status})").into());
+    }
+    let out_dir = workspace_root().join("target/bench");
+    std::fs::create_dir_all(out_dir.join("logs"))?;
+    let etcd = provision_etcd()?;
+    let mut bench = Bench {
+        bin_dir: workspace_root().join("target/release"),
+        logs: out_dir.join("logs"),
+        etcd: etcd.endpoints().join(","),
+        pin: taskset_works(),
+        procs: Vec::new(),
+        interrupt,
+        env: format!("bench{}", std::process::id()),
+        next_server: 0,
+    };
+    let mut d = json!({ "quick": quick, "pinned": bench.pin });
+    d["authority"] = bench.authority(&plan)?;
+    drop(bench);
+    drop(etcd);
+    std::fs::write(
+        out_dir.join("authority.json"),
+        serde_json::to_string_pretty(&d)? + "\n",
+    )?;
+    print(&d);
+    Ok(ExitCode::SUCCESS)
+}
 
 const CONCURRENCY: usize = 32;
 
