@@ -30,6 +30,7 @@ use tokio::{
     sync::{mpsc, oneshot},
     time::Instant,
 };
+use write_coalesce::Coalesce;
 
 /// A ready connection's request handle.
 pub(crate) type Sender = http2::SendRequest<SendBody>;
@@ -235,7 +236,7 @@ async fn connect(
             .map_err(ConnectError::Io)?;
         tcp.set_nodelay(true).map_err(ConnectError::Io)?;
         match &config.tls {
-            None => handshake(tcp, endpoint, config).await,
+            None => handshake(Coalesce::new(tcp), endpoint, config).await,
             Some(tls) => {
                 let name = tls
                     .server_name(endpoint.addr())
@@ -245,7 +246,7 @@ async fn connect(
                     .connect(name, tcp)
                     .await
                     .map_err(|e| ConnectError::Tls(e.to_string()))?;
-                handshake(stream, endpoint, config).await
+                handshake(Coalesce::new(stream), endpoint, config).await
             }
         }
     };

@@ -76,10 +76,11 @@ pub async fn serve(id: &str, ports: usize) -> std::io::Result<Vec<SocketAddr>> {
         incoming.push(TcpListenerStream::new(listener));
     }
     let incoming = stream::select_all(incoming).map(|conn| {
-        if let Ok(tcp) = &conn {
+        conn.map(|tcp| {
             let _ = tcp.set_nodelay(true);
-        }
-        conn
+            // Like echo-server: many calls' responses in one write.
+            write_coalesce::Coalesce::new(tcp)
+        })
     });
     let service = EchoServer::new(EchoHost::new(id));
     tokio::spawn(async move {

@@ -1,5 +1,6 @@
 //! The accept loop: TCP → TLS (when configured) → the `:authority` fix
-//! (`authority-fix`, on by default) → the connection wrapper → tonic. Owning it is what lets a wrapper see plaintext HTTP/2 bytes before
+//! (`authority-fix`, on by default) → the connection wrapper →
+//! [`Coalesce`] (many responses per write) → tonic. Owning it is what lets a wrapper see plaintext HTTP/2 bytes before
 //! hyper does, with or without TLS.
 
 use std::{
@@ -20,6 +21,7 @@ use tokio::{
 use tokio_rustls::TlsAcceptor;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tracing::debug;
+use write_coalesce::Coalesce;
 
 use crate::Tls;
 
@@ -222,7 +224,10 @@ impl Incoming {
 }
 
 impl Stream for Incoming {
-    type Item = io::Result<Conn>;
+    // Coalesce outermost, so h2's small writes wait one scheduler turn for
+    // the responses of other calls (one write per call without it; see the
+    // write-coalesce crate), above TLS and every wrapper.
+    type Item = io::Result<Coalesce<Conn>>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
@@ -230,7 +235,7 @@ impl Stream for Incoming {
             match this.listener.poll_accept(cx) {
                 Poll::Ready(Ok((tcp, remote))) => {
                     if let Some(conn) = this.accepted(tcp, remote) {
-                        return Poll::Ready(Some(Ok(conn)));
+                        return Poll::Ready(Some(Ok(Coalesce::new(conn))));
                     }
                 }
                 // tonic logs it and polls again; the listener stays usable.
@@ -240,7 +245,7 @@ impl Stream for Incoming {
         }
         while let Poll::Ready(Some(done)) = this.handshakes.poll_next_unpin(cx) {
             if let Some(conn) = done {
-                return Poll::Ready(Some(Ok(conn)));
+                return Poll::Ready(Some(Ok(Coalesce::new(conn))));
             }
         }
         Poll::Pending

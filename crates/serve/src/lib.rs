@@ -17,8 +17,9 @@
 //!
 //! The server owns its accept loop (TCP → TLS → the `:authority` fix of
 //! [`authority_fix`] → an optional
-//! [connection wrapper](Server::wrap_connections) → tonic), so byte-level
-//! adapters see plaintext HTTP/2 with or without TLS. The fix is on by
+//! [connection wrapper](Server::wrap_connections) → `write_coalesce::Coalesce`
+//! → tonic), so byte-level adapters see plaintext HTTP/2 with or without
+//! TLS, and the responses of many calls leave in one write. The fix is on by
 //! default ([`Server::strict_authority`]): grpc-go clients, which send
 //! their target (`discovery%2Fdev%2Fgame`) as `:authority`, are served.
 //!
