@@ -28,7 +28,7 @@ pub use cli_support::{
 };
 use rustls_pki_types::ServerName;
 
-use crate::{Config, DEFAULT_ETCD_ENDPOINT};
+use crate::{Config, DEFAULT_ETCD_ENDPOINT, Lb};
 
 /// The flags of `echo-client`; see the [module docs](self) for an example.
 #[derive(Clone, Debug, Parser)]
@@ -78,6 +78,15 @@ pub struct Args {
     /// NOT_SERVING (e.g. draining) gets no new calls at once.
     #[arg(long, value_name = "SERVICE", num_args = 0..=1, default_missing_value = "grpc.examples.echo.Echo")]
     pub health_check: Option<String>,
+    /// Balancing policy of the calls that are not sticky: round-robin,
+    /// least-request (fewest calls in flight of two random instances) or
+    /// ring-hash (consistent hash of --hash-key).
+    #[arg(long, value_enum, default_value = "round-robin")]
+    pub lb: LbArg,
+    /// The key ring-hash hashes to pick the instance (required with
+    /// --lb ring-hash, refused otherwise).
+    #[arg(long, value_name = "KEY", value_parser = non_empty, required_if_eq("lb", "ring-hash"))]
+    pub hash_key: Option<String>,
     /// Load mode: this many calls in flight at all times (closed loop).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..10_000), requires = "duration")]
     pub concurrency: Option<u64>,
@@ -122,6 +131,27 @@ pub enum FallbackArg {
     Fail,
 }
 
+/// `--lb` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LbArg {
+    /// Round robin over the ready instances (the default).
+    RoundRobin,
+    /// The instance with fewer calls in flight of two picked at random.
+    LeastRequest,
+    /// Consistent hashing of --hash-key: one key, one instance.
+    RingHash,
+}
+
+impl From<LbArg> for Lb {
+    fn from(lb: LbArg) -> Self {
+        match lb {
+            LbArg::RoundRobin => Lb::RoundRobin,
+            LbArg::LeastRequest => Lb::LeastRequest,
+            LbArg::RingHash => Lb::RingHash,
+        }
+    }
+}
+
 impl From<FallbackArg> for Fallback {
     fn from(f: FallbackArg) -> Self {
         match f {
@@ -158,6 +188,11 @@ impl Args {
         T: Into<std::ffi::OsString> + Clone,
     {
         let mut args = Self::try_parse_from(args)?;
+        if args.hash_key.is_some() && args.lb != LbArg::RingHash {
+            return Err(usage_error(
+                "--hash-key is only used by --lb ring-hash (it picks the instance by the key)",
+            ));
+        }
         args.etcd_password =
             cli_support::etcd_password(args.etcd_user.as_deref(), password).map_err(usage_error)?;
         Ok(args)
@@ -171,6 +206,8 @@ impl Args {
             service: self.service.clone(),
             etcd: self.etcd.clone(),
             fallback: self.fallback.into(),
+            lb: self.lb.into(),
+            hash_key: self.hash_key.clone(),
             etcd_ca: self.etcd_ca.clone(),
             etcd_client_cert: self.etcd_cert.clone().zip(self.etcd_key.clone()),
             etcd_auth: self
@@ -297,6 +334,42 @@ mod tests {
             err.starts_with("error: invalid value 'random' for '--fallback <FALLBACK>'"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn lb_takes_a_policy_and_ring_hash_needs_a_key() {
+        assert_eq!(parse(&[]).unwrap().config().lb, Lb::RoundRobin);
+        let config = parse_pw(&["--lb", "least-request"], None).unwrap().config();
+        assert_eq!((config.lb, config.hash_key), (Lb::LeastRequest, None));
+        let config = parse_pw(&["--lb", "ring-hash", "--hash-key", "p1"], None)
+            .unwrap()
+            .config();
+        assert_eq!(config.lb, Lb::RingHash);
+        assert_eq!(config.hash_key.as_deref(), Some("p1"));
+
+        let err = parse_pw(&["--lb", "ring-hash"], None).unwrap_err();
+        assert_eq!(
+            err,
+            "error: the following required arguments were not provided: --hash-key <KEY>"
+        );
+        let err = parse_pw(&["--hash-key", "p1"], None).unwrap_err();
+        assert_eq!(
+            err,
+            "error: --hash-key is only used by --lb ring-hash (it picks the instance by the key)"
+        );
+        let err = parse(&["--lb", "random"]).unwrap_err();
+        assert!(
+            err.starts_with("error: invalid value 'random' for '--lb <LB>'"),
+            "{err}"
+        );
+        for bad in [&["--lb", "ring-hash"][..], &["--hash-key", "p1"]] {
+            let err = Args::try_parse_with_password(
+                std::iter::once("echo-client").chain(bad.iter().copied()),
+                None,
+            )
+            .unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad:?}");
+        }
     }
 
     #[test]

@@ -3,7 +3,10 @@
 use cli_support::EtcdAuth;
 use std::{collections::HashMap, fmt, path::PathBuf, sync::Arc, time::Duration};
 
-use balancer::{Balancer, ConnectivityState, EndpointConfig, Fallback, StickyExt, TlsConfig};
+use balancer::{
+    Balancer, ConnectivityState, EndpointConfig, Fallback, HashKey, LeastRequest, Policy, RingHash,
+    RoundRobin, StickyExt, TlsConfig,
+};
 use echo_proto::{EchoRequest, echo_client::EchoClient};
 use resolver::{EtcdTls, Resolver};
 use tonic::Status;
@@ -25,6 +28,8 @@ pub const WAIT_LOG_GRACE: Duration = Duration::from_millis(500);
 /// | `service` | `game` | `--service` |
 /// | `etcd` | `http://127.0.0.1:2379` | `--etcd` (repeatable), env `ETCD_ENDPOINTS` |
 /// | `fallback` | round robin | `--fallback rr\|fail` |
+/// | `lb` | round robin | `--lb round-robin\|least-request\|ring-hash` |
+/// | `hash_key` | none | `--hash-key` (needed by ring-hash) |
 /// | `etcd_ca` | none (plain `http://`) | `--etcd-ca` |
 /// | `etcd_client_cert` | none | `--etcd-cert` and `--etcd-key` |
 /// | `etcd_auth` | none | `--etcd-user`, password from env `ETCD_PASSWORD` |
@@ -42,8 +47,14 @@ pub struct Config {
     pub service: String,
     /// etcd client URLs.
     pub etcd: Vec<String>,
-    /// What a sticky call does when its instance is unavailable.
+    /// What a sticky call does when its instance is unavailable (the
+    /// fallback goes where [`lb`](Self::lb) picks).
     pub fallback: Fallback,
+    /// The balancing policy of the calls that are not sticky.
+    pub lb: Lb,
+    /// The key every call carries for [`Lb::RingHash`] (other policies
+    /// ignore it); with ring hash and no key, calls go to random instances.
+    pub hash_key: Option<String>,
     /// etcd TLS: the PEM file of the CA that signed etcd's certificate;
     /// the endpoints must then be `https://`.
     pub etcd_ca: Option<PathBuf>,
@@ -75,6 +86,8 @@ impl Default for Config {
             service: "game".to_owned(),
             etcd: vec![DEFAULT_ETCD_ENDPOINT.to_owned()],
             fallback: Fallback::RoundRobin,
+            lb: Lb::RoundRobin,
+            hash_key: None,
             etcd_ca: None,
             etcd_client_cert: None,
             etcd_auth: None,
@@ -82,6 +95,29 @@ impl Default for Config {
             tls_domain: None,
             call_timeout: Duration::from_secs(10),
             health_check: None,
+        }
+    }
+}
+
+/// The balancing policies `echo-client` offers (`--lb`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Lb {
+    /// [`RoundRobin`]: the default.
+    #[default]
+    RoundRobin,
+    /// [`LeastRequest`], two choices.
+    LeastRequest,
+    /// [`RingHash`] of [`Config::hash_key`].
+    RingHash,
+}
+
+impl Lb {
+    /// The balancer policy.
+    pub fn policy(self) -> Box<dyn Policy> {
+        match self {
+            Self::RoundRobin => Box::new(RoundRobin),
+            Self::LeastRequest => Box::new(LeastRequest::new()),
+            Self::RingHash => Box::new(RingHash::new()),
         }
     }
 }
@@ -116,6 +152,7 @@ pub struct Client {
     balancer: Balancer,
     prefix: Arc<str>,
     id: Option<Arc<str>>,
+    hash_key: Option<HashKey>,
     call_timeout: Duration,
 }
 
@@ -185,6 +222,7 @@ impl Client {
         let balancer = Balancer::builder()
             .name(prefix.as_str())
             .fallback(config.fallback)
+            .policy(config.lb.policy())
             .endpoint_config(endpoint_config)
             .build(resolution);
         Ok(Self {
@@ -192,6 +230,7 @@ impl Client {
             balancer,
             prefix: prefix.into(),
             id: config.id.map(Into::into),
+            hash_key: config.hash_key.as_deref().map(HashKey::new),
             call_timeout: config.call_timeout,
         })
     }
@@ -272,6 +311,9 @@ impl Client {
         request.set_timeout(self.call_timeout);
         if let Some(id) = &self.id {
             request = request.sticky(id.clone());
+        }
+        if let Some(key) = self.hash_key {
+            request.extensions_mut().insert(key);
         }
         let mut echo = self.echo.clone();
         match tokio::time::timeout(self.call_timeout, echo.unary_echo(request)).await {

@@ -2,8 +2,10 @@
 //! them through `balancer`, and has a load mode.
 //!
 //! [`Client`] follows `discovery/<env>/<service>` in etcd and sends each
-//! `UnaryEcho` call to a READY instance, round robin, or to the instance
-//! named by [`Config::id`] (sticky, with a [`Fallback`](balancer::Fallback)).
+//! `UnaryEcho` call to a READY instance — round robin, or the policy of
+//! [`Config::lb`] (least request, ring hash of [`Config::hash_key`]) — or to
+//! the instance named by [`Config::id`] (sticky, with a
+//! [`Fallback`](balancer::Fallback), whatever the policy).
 //! [`load`] runs a closed loop of concurrent calls and returns a
 //! [`LoadReport`] with a latency histogram and per-instance counts.
 //!
@@ -35,6 +37,7 @@
 //! ```text
 //! echo-client [--id <ID>] [--env dev] [--service game] [--etcd URL]...
 //!             [--message hi] [--interval 1s] [--count N] [--fallback rr|fail]
+//!             [--lb round-robin|least-request|ring-hash] [--hash-key KEY]
 //!             [--etcd-ca PEM [--etcd-cert PEM --etcd-key PEM]] [--etcd-user USER]
 //!             [--tls-ca PEM [--tls-domain NAME]]
 //! echo-client --concurrency C --duration D [same options]
@@ -49,7 +52,9 @@
 //! | `--interval` | `1s` | pause between calls |
 //! | `--count` | unlimited | number of calls, then exit 0 |
 //! | `--health-check [SERVICE]` | off | watch grpc.health.v1 for SERVICE (default `grpc.examples.echo.Echo`) on every server; NOT_SERVING ones get no new calls |
-//! | `--fallback` | `rr` | sticky call to an unavailable instance: `rr` (round robin) or `fail` |
+//! | `--fallback` | `rr` | sticky call to an unavailable instance: `rr` (where `--lb` picks) or `fail` |
+//! | `--lb` | `round-robin` | policy of the calls that are not sticky: `round-robin`, `least-request` (fewest outstanding of two random instances), `ring-hash` (consistent hash of `--hash-key`) |
+//! | `--hash-key` | none | the key `ring-hash` hashes to pick the instance; required with it, refused with other policies |
 //! | `--concurrency`, `--duration` | off | load mode (both required) |
 //! | `--etcd-ca` | none | PEM file of the CA that signed etcd's certificate; endpoints `https://` |
 //! | `--etcd-cert`, `--etcd-key` | none | client certificate and key PEM files (etcd `--client-cert-auth`); both, with `--etcd-ca` |
@@ -86,6 +91,6 @@ pub mod cli;
 
 pub use cli_support::{EtcdAuth, Password};
 pub use client::{
-    Client, Config, DEFAULT_ETCD_ENDPOINT, Error, WAIT_LOG_GRACE, describe_status, instance_of,
+    Client, Config, DEFAULT_ETCD_ENDPOINT, Error, Lb, WAIT_LOG_GRACE, describe_status, instance_of,
 };
 pub use load::{LOGGED_ERRORS, LoadReport, load};
