@@ -1,24 +1,27 @@
-//! Round-robin and sticky gRPC load balancing as a tower `Service`.
+//! gRPC load balancing as a tower `Service`: round robin, least request,
+//! ring hash or a policy of your own, with sticky requests.
 //!
 //! [`Balancer`] takes a stream of endpoint [`Change`]s (`Insert`, `Remove`,
 //! `Reset`), keeps one HTTP/2 connection per endpoint with its real
 //! connectivity state (IDLE, CONNECTING, READY, TRANSIENT_FAILURE), reconnects
-//! failed ones with gRPC's backoff, and sends each request to a READY endpoint:
-//! round robin from a random start, or the instance named by a [`Sticky`]
-//! request extension. Requests that were never written to a connection are
-//! retried on another endpoint; requests that may have reached a server are
-//! not. With no READY endpoint a request waits (bounded by its deadline, or
-//! fails fast if so configured).
+//! failed ones with gRPC's backoff, and sends each request to a READY
+//! endpoint: the one its [`Policy`] picks, or the instance named by a
+//! [`Sticky`] request extension. Requests that were never written to a
+//! connection are retried on another endpoint; requests that may have reached
+//! a server are not. With no READY endpoint a request waits (bounded by its
+//! deadline, or fails fast if so configured). Every response says which
+//! endpoint served it ([`ServedBy`]).
 //!
-//! One task owns the endpoint set and publishes immutable snapshots; a pick is
-//! a snapshot load and an atomic increment, with no lock.
+//! One task owns the endpoint set and publishes immutable snapshots, each
+//! with the policy's [`Picker`] for its READY endpoints; a pick is a snapshot
+//! load and the picker (for round robin, an atomic increment), with no lock.
 //!
 //! It knows nothing of etcd: the `resolver` crate produces the change stream,
 //! and tests build one by hand. It must not depend on `etcd-client`,
 //! `registry` or `resolver`.
 //!
 //! ```no_run
-//! use balancer::{Balancer, Change, Endpoint, StickyExt};
+//! use balancer::{Balancer, Change, Endpoint, ServedBy, ServedByExt, StickyExt};
 //! use echo_proto::{EchoRequest, echo_client::EchoClient};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -32,10 +35,44 @@
 //! let hi = || EchoRequest { message: "hi".into() };
 //! let any = client.unary_echo(hi()).await?; // round robin
 //! let two = client.unary_echo(tonic::Request::new(hi()).sticky("2")).await?; // instance 2
+//! assert_eq!(two.served_by().and_then(ServedBy::instance_id), Some("2"));
 //! println!("{} / {}", any.into_inner().message, two.into_inner().message);
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Choosing a policy
+//!
+//! [`Builder::policy`] takes any [`Policy`]: [`RoundRobin`] (the default),
+//! [`LeastRequest`] (power of two choices over outstanding requests: routes
+//! around slow servers), [`RingHash`] (consistent hashing of a [`HashKey`]:
+//! every client sends a key to the same instance). Sticky requests go to
+//! their instance under every policy; their [`Fallback`] uses the policy.
+//!
+//! ```no_run
+//! use balancer::{Balancer, HashKeyExt, LeastRequest, RingHash};
+//! use echo_proto::{EchoRequest, echo_client::EchoClient};
+//!
+//! # async fn run(changes: futures::stream::Empty<balancer::Change>) -> Result<(), tonic::Status> {
+//! let balancer = Balancer::builder().policy(RingHash::new()).build(changes);
+//! let mut client = EchoClient::new(balancer);
+//! let request = tonic::Request::new(EchoRequest { message: "move".into() }).hash_key("room-7");
+//! client.unary_echo(request).await?; // the instance that owns room-7, from any client
+//!
+//! let _slow_servers_avoided = Balancer::builder().policy(LeastRequest::new().choices(2));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Writing a policy
+//!
+//! A [`Policy`] builds a [`Picker`] in the owner task each time the READY
+//! set changes; the picker chooses, for each request ([`PickRequest`]: path,
+//! headers, extensions), an index among the [`ReadyEndpoint`]s, whose
+//! [`Endpoint`] carries the registration's metadata and whose [`Signals`]
+//! count outstanding requests, latency and failures. The built-in policies
+//! are written this way too. [`Policy`]'s docs show a whole one (prefer the
+//! client's zone, else round robin) in under 30 lines.
 
 mod backoff;
 mod body;

@@ -125,7 +125,7 @@ pub struct Args {
 /// `--fallback` values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum FallbackArg {
-    /// Round robin over the ready instances (the Go seed's behaviour).
+    /// Where --lb picks (round robin by default: the Go seed's behaviour).
     Rr,
     /// Fail the call with UNAVAILABLE, naming the id.
     Fail,

@@ -117,6 +117,10 @@ pub struct Args {
         allow_negative_numbers = true
     )]
     pub fail_rate: crate::FailRate,
+    /// Wait this long before every reply (for demos and tests of slow
+    /// servers).
+    #[arg(long, default_value = "0ms", value_parser = duration)]
+    pub delay: Duration,
     /// Do not rewrite the :authority grpc-go clients send (e.g.
     /// discovery%2Fdev%2Fgame): h2 then rejects their calls, and the server
     /// logs one WARN per such connection naming the Go-side fix
@@ -184,6 +188,7 @@ impl Args {
                 .map(|(user, password)| EtcdAuth { user, password }),
             tls: self.tls_cert.zip(self.tls_key),
             fail_rate: self.fail_rate,
+            delay: self.delay,
             strict_authority: self.strict_authority,
             authority_adapter: !self.no_authority_adapter,
             ..Config::new("")
@@ -240,6 +245,20 @@ mod tests {
         }
         config.etcd = Config::new("1").etcd;
         assert_eq!(config, Config::new("1"));
+    }
+
+    #[test]
+    fn delay_is_a_duration_added_to_every_reply() {
+        assert_eq!(parse(&["--id", "1"]).unwrap().delay, Duration::ZERO);
+        let config = parse(&["--id", "1", "--delay", "20ms"])
+            .unwrap()
+            .into_config();
+        assert_eq!(config.delay, Duration::from_millis(20));
+        let err = parse(&["--id", "1", "--delay", "slow"]).unwrap_err();
+        assert!(
+            err.starts_with("error: invalid value 'slow' for '--delay <DELAY>'"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub const DEFAULT_ETCD_ENDPOINT: &str = "http://127.0.0.1:2379";
 /// | `strict_authority` | false (grpc-go's `:authority` is fixed on the way in) | `--strict-authority` |
 /// | `fail_rate` | 0 (no call failed on purpose) | `--fail-rate` |
 /// | `authority_adapter` | true | `--no-authority-adapter` (benchmarks) |
+/// | `delay` | 0 (none) | `--delay`, added before every reply |
 /// | `connect_timeout` | 5 s (no flag) | |
 ///
 /// The key registered is `discovery/<env>/<service>/<advertised address>` and its
@@ -76,6 +77,8 @@ pub struct Config {
     /// Share of calls failed on purpose with `UNAVAILABLE`, for tests and
     /// demos of outlier ejection.
     pub fail_rate: crate::FailRate,
+    /// Added before every reply (for demos and tests of slow servers).
+    pub delay: Duration,
     /// `false` (the default): accepted connections go through
     /// `authority-fix` (through `serve`), which rewrites the `:authority` grpc-go clients send
     /// (`discovery%2Fdev%2Fgame`) to a same-length value h2 accepts.
@@ -110,6 +113,7 @@ impl Config {
             tls: None,
             connect_timeout: Duration::from_secs(5),
             fail_rate: crate::FailRate::default(),
+            delay: Duration::ZERO,
             strict_authority: false,
             authority_adapter: true,
         }

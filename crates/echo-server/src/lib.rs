@@ -37,7 +37,7 @@
 //! echo-server --id <ID> [--env dev] [--service game] [--etcd URL]...
 //!             [--addr 127.0.0.1:0] [--advertise HOST[:PORT]] [--ttl 60s] [--drain 1s] [--shutdown-timeout 10s]
 //!             [--etcd-ca PEM [--etcd-cert PEM --etcd-key PEM]] [--etcd-user USER]
-//!             [--tls-cert PEM --tls-key PEM]
+//!             [--tls-cert PEM --tls-key PEM] [--delay 0ms]
 //! ```
 //!
 //! | flag | default | meaning |
@@ -54,6 +54,7 @@
 //! | `--etcd-cert`, `--etcd-key` | none | client certificate and key PEM files (etcd `--client-cert-auth`); both, with `--etcd-ca` |
 //! | `--etcd-user` | none | etcd user; the password comes from env `ETCD_PASSWORD` only (no flag, never logged) |
 //! | `--tls-cert`, `--tls-key` | none (plaintext) | serve gRPC over TLS (Echo, health and reflection alike) with this certificate chain and key |
+//! | `--delay` | `0ms` | wait this long before every Echo reply (a slow server, for demos and tests) |
 //!
 //! Durations are humantime (`0ms`, `200ms`, `1s`, `2m`). Logs go to stderr
 //! (`RUST_LOG` respected, default `info`); the `listening on <addr>` and

@@ -17,6 +17,7 @@ use crate::{Config, EchoService, Error, ErrorKind};
 pub struct Server {
     id: String,
     fail_rate: crate::FailRate,
+    delay: std::time::Duration,
     bound: serve::Bound,
 }
 
@@ -44,6 +45,7 @@ impl Server {
             bound: server.bind(config.addr).await?,
             id: config.id,
             fail_rate: config.fail_rate,
+            delay: config.delay,
         })
     }
 
@@ -72,7 +74,9 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let span = info_span!("echo", id = %self.id);
         let router = tonic::transport::Server::builder().add_service(EchoServer::new(
-            EchoService::new(self.id.as_str()).with_fail_rate(self.fail_rate),
+            EchoService::new(self.id.as_str())
+                .with_fail_rate(self.fail_rate)
+                .with_delay(self.delay),
         ));
         self.bound.serve(router, shutdown).instrument(span).await
     }

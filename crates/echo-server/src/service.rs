@@ -1,6 +1,6 @@
 //! The `grpc.examples.echo.Echo` service.
 
-use std::{pin::Pin, sync::Arc};
+use std::{pin::Pin, sync::Arc, time::Duration};
 
 use echo_proto::{EchoRequest, EchoResponse, echo_server::Echo};
 use futures::{Stream, StreamExt};
@@ -25,6 +25,7 @@ pub type ReplyStream = Pin<Box<dyn Stream<Item = Result<EchoResponse, Status>> +
 #[derive(Clone, Debug)]
 pub struct EchoService {
     id: Arc<str>,
+    delay: Duration,
     fail_rate: FailRate,
 }
 
@@ -84,6 +85,7 @@ impl EchoService {
     pub fn new(id: impl Into<Arc<str>>) -> Self {
         Self {
             id: id.into(),
+            delay: Duration::ZERO,
             fail_rate: FailRate::default(),
         }
     }
@@ -104,6 +106,19 @@ impl EchoService {
             )));
         }
         Ok(())
+    }
+
+    /// Waits `delay` before every reply (`--delay`; for demos and tests of
+    /// slow servers).
+    pub fn with_delay(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    async fn pause(&self) {
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
     }
 
     /// The instance id this service names in its replies.
@@ -130,6 +145,7 @@ impl Echo for EchoService {
         request: Request<EchoRequest>,
     ) -> Result<Response<EchoResponse>, Status> {
         self.maybe_fail()?;
+        self.pause().await;
         Ok(Response::new(self.reply(&request.get_ref().message)))
     }
 
@@ -140,6 +156,7 @@ impl Echo for EchoService {
         request: Request<EchoRequest>,
     ) -> Result<Response<Self::ServerStreamingEchoStream>, Status> {
         self.maybe_fail()?;
+        self.pause().await;
         let reply = self.reply(&request.get_ref().message);
         Ok(Response::new(Box::pin(futures::stream::once(async {
             Ok(reply)
@@ -156,6 +173,7 @@ impl Echo for EchoService {
         while let Some(request) = stream.next().await {
             last = request?.message;
         }
+        self.pause().await;
         Ok(Response::new(self.reply(&last)))
     }
 
@@ -167,9 +185,30 @@ impl Echo for EchoService {
     ) -> Result<Response<Self::BidirectionalStreamingEchoStream>, Status> {
         self.maybe_fail()?;
         let this = self.clone();
-        let replies = request
-            .into_inner()
-            .map(move |request| request.map(|r| this.reply(&r.message)));
+        let replies = request.into_inner().then(move |request| {
+            let this = this.clone();
+            async move {
+                this.pause().await;
+                request.map(|r| this.reply(&r.message))
+            }
+        });
         Ok(Response::new(Box::pin(replies)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_delay_comes_before_the_reply() {
+        let service = EchoService::new("1").with_delay(Duration::from_millis(20));
+        let started = tokio::time::Instant::now();
+        let request = Request::new(EchoRequest {
+            message: "hi".into(),
+        });
+        let reply = service.unary_echo(request).await.expect("reply");
+        assert_eq!(reply.get_ref().message, "hi (from 1)");
+        assert!(started.elapsed() >= Duration::from_millis(20));
     }
 }

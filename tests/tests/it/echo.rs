@@ -239,6 +239,26 @@ fn bad_flags_print_one_clear_line_and_exit_2() {
             &["--fallback", "random"],
             "error: invalid value 'random' for '--fallback <FALLBACK>' [possible values: rr, fail]",
         ),
+        (
+            "echo-client",
+            &["--lb", "ring-hash"],
+            "error: the following required arguments were not provided: --hash-key <KEY>",
+        ),
+        (
+            "echo-client",
+            &["--hash-key", "p1"],
+            "error: --hash-key is only used by --lb ring-hash (it picks the instance by the key)",
+        ),
+        (
+            "echo-client",
+            &["--lb", "random"],
+            "error: invalid value 'random' for '--lb <LB>' [possible values: round-robin, least-request, ring-hash]",
+        ),
+        (
+            "echo-server",
+            &["--id", "1", "--delay", "slow"],
+            "error: invalid value 'slow' for '--delay <DELAY>': ",
+        ),
     ];
     for (bin, args, expected) in cases {
         let mut proc = Proc::spawn(bin, bin, args);
