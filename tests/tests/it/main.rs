@@ -4,5 +4,6 @@ mod advertise;
 mod echo;
 mod etcd;
 mod interop;
+mod policies;
 mod security;
 mod server;
