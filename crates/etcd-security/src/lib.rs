@@ -134,6 +134,24 @@ impl EtcdTls {
         self
     }
 
+    /// Reads and checks the PEM documents, for a TLS stack other than
+    /// etcd-client's (the member-failover channel uses rustls directly).
+    pub fn load(&self) -> Result<TlsPems, String> {
+        let ca = self.ca.load("etcd CA", "CERTIFICATE")?;
+        let identity = match &self.identity {
+            Some((cert, key)) => Some((
+                cert.load("etcd client certificate", "CERTIFICATE")?,
+                key.load("etcd client key", "PRIVATE KEY")?,
+            )),
+            None => None,
+        };
+        Ok(TlsPems {
+            ca,
+            identity,
+            domain: self.domain.clone(),
+        })
+    }
+
     /// Reads and checks the PEM documents.
     fn options(&self) -> Result<TlsOptions, String> {
         let ca = self.ca.load("etcd CA", "CERTIFICATE")?;
@@ -147,6 +165,28 @@ impl EtcdTls {
             tls = tls.domain_name(domain.clone());
         }
         Ok(tls)
+    }
+}
+
+/// The PEM documents of an [`EtcdTls`], read and checked by
+/// [`EtcdTls::load`].
+pub struct TlsPems {
+    /// The CA certificate(s) to trust.
+    pub ca: Vec<u8>,
+    /// Client certificate chain and private key, if any.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// The name etcd's certificate must carry, if not the endpoint's host.
+    pub domain: Option<String>,
+}
+
+impl fmt::Debug for TlsPems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The key stays out of logs.
+        f.debug_struct("TlsPems")
+            .field("ca", &format_args!("<{} bytes>", self.ca.len()))
+            .field("identity", &self.identity.as_ref().map(|_| "<redacted>"))
+            .field("domain", &self.domain)
+            .finish()
     }
 }
 

@@ -1,0 +1,76 @@
+//! The failover client against a real 3-member cluster: requests keep
+//! working through a member's SIGKILL, errors name the members.
+
+use std::time::Duration;
+
+use etcd_client::{GetOptions, WatchOptions};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_go_to_live_members_and_errors_name_them() {
+    let mut cluster = integration_tests::cluster(3);
+    let endpoints = cluster.endpoints();
+    let connected = etcd_failover::connect(&endpoints, None, None, Duration::from_secs(2))
+        .await
+        .expect("connect");
+    let mut client = connected.client.clone();
+    let prefix = integration_tests::unique_prefix("failover_members");
+    client
+        .put(format!("{prefix}/a"), "1", None)
+        .await
+        .expect("put");
+    let mut watch = client
+        .watch(
+            format!("{prefix}/"),
+            Some(WatchOptions::new().with_prefix()),
+        )
+        .await
+        .expect("watch");
+    assert!(watch.message().await.expect("created").is_some());
+
+    // A follower: a leader's death also fails requests that were in flight
+    // inside etcd ("request timed out, possibly due to previous leader
+    // failure"), which is for the registry and resolver to retry.
+    let follower = cluster.follower().expect("a follower");
+    cluster.kill(follower);
+    // A request written in the millisecond before the kernel tells us of the
+    // death may have reached the member, and is not retried: wait for that.
+    connected.members.wait_for(|ready| ready == 2).await;
+    // Every member is reached at least once by round robin: none may fail.
+    for i in 0..12 {
+        client
+            .put(format!("{prefix}/k{i}"), "v", None)
+            .await
+            .unwrap_or_else(|e| panic!("put {i} after a member's death: {e}"));
+    }
+    let n = client
+        .get(
+            format!("{prefix}/"),
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
+        .await
+        .expect("get")
+        .count();
+    assert_eq!(n, 13);
+    assert_eq!(
+        connected.members.ready(),
+        Some(2),
+        "{}",
+        connected.members.describe()
+    );
+
+    for i in 0..3 {
+        cluster.kill(i);
+    }
+    let error = client
+        .get(format!("{prefix}/a"), None)
+        .await
+        .expect_err("no member is up");
+    let text = error.to_string();
+    assert!(text.contains("no etcd member is ready"), "{text}");
+    for e in &endpoints {
+        assert!(
+            text.contains(e.trim_start_matches("http://")),
+            "{e} not named: {text}"
+        );
+    }
+}
