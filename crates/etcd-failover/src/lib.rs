@@ -57,7 +57,6 @@ use balancer::{
 };
 use etcd_client::{Channel, Client, ConnectOptions};
 use etcd_security::EtcdTls;
-use futures::FutureExt;
 use tonic::Status;
 use tower::{ServiceExt, util::BoxCloneSyncService};
 
@@ -266,26 +265,45 @@ type Request = http::Request<tonic::body::Body>;
 type Response = http::Response<tonic::body::Body>;
 
 /// The balancer as etcd-client's channel: responses re-boxed as tonic
-/// bodies, and a "no ready endpoint" error completed with each member's
-/// state, so the caller learns which member failed and why.
+/// bodies, and a request fails at once, naming each member and its last
+/// error, when every member is in transient failure (as a gRPC call without
+/// wait-for-ready does), instead of waiting out its deadline.
 fn channel(balancer: Balancer) -> BoxCloneSyncService<Request, Response, tower::BoxError> {
     let service = tower::service_fn(move |request: Request| {
         let members = balancer.clone();
         let call = balancer.clone().oneshot(request);
-        call.map(move |result| match result {
-            Ok(response) => Ok(response.map(tonic::body::Body::new)),
-            Err(error) => Err(explain(error, &members)),
-        })
+        async move {
+            let all_down = members.wait_until(|all| {
+                !all.is_empty()
+                    && all
+                        .iter()
+                        .all(|e| e.state == ConnectivityState::TransientFailure)
+            });
+            tokio::select! {
+                biased;
+                result = call => match result {
+                    Ok(response) => Ok(response.map(tonic::body::Body::new)),
+                    Err(error) => Err(explain(error, &members)),
+                },
+                () = all_down => Err(Box::new(no_member(&members)) as tower::BoxError),
+            }
+        }
     });
     BoxCloneSyncService::new(service)
 }
 
+fn no_member(members: &Balancer) -> Status {
+    Status::unavailable(format!(
+        "no etcd member is ready: {}",
+        describe_members(members)
+    ))
+}
+
 fn explain(error: tower::BoxError, members: &Balancer) -> tower::BoxError {
     match error.downcast::<Status>() {
-        Ok(status) if status.message().starts_with("no ready endpoint") => Box::new(Status::new(
-            status.code(),
-            format!("no etcd member is ready: {}", describe_members(members)),
-        )),
+        Ok(status) if status.message().starts_with("no ready endpoint") => {
+            Box::new(no_member(members))
+        }
         Ok(status) => status as tower::BoxError,
         Err(other) => other,
     }

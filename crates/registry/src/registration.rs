@@ -272,6 +272,7 @@ impl Registration {
                     task::Connect::Endpoints {
                         endpoints,
                         options: options.map(Box::new),
+                        tls: self.tls.clone(),
                     },
                     Some(described),
                 )

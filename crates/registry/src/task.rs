@@ -8,7 +8,7 @@ use etcd_client::{
     LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp, WatchOptions, WatchResponse,
     WatchStream,
 };
-use etcd_security::{Secured, describe, diagnose};
+use etcd_security::{EtcdTls, Secured, describe, diagnose};
 use serde_json::Value;
 use tokio::{
     sync::{mpsc, oneshot, watch},
@@ -42,6 +42,7 @@ pub(crate) enum Connect {
     Endpoints {
         endpoints: Vec<String>,
         options: Option<Box<ConnectOptions>>,
+        tls: Option<EtcdTls>,
     },
 }
 
@@ -68,10 +69,23 @@ pub(crate) async fn register(
         let result = timeout_at(deadline, async {
             let mut c = match (&client, &connect) {
                 (Some(c), _) => c.clone(),
-                (None, Connect::Endpoints { endpoints, options }) => {
-                    Client::connect(endpoints, options.as_deref().cloned())
-                        .await
-                        .map_err(|e| (true, e))?
+                (
+                    None,
+                    Connect::Endpoints {
+                        endpoints,
+                        options,
+                        tls,
+                    },
+                ) => {
+                    etcd_failover::connect(
+                        endpoints,
+                        tls.as_ref(),
+                        options.as_deref().cloned(),
+                        config.request_timeout.min(config.connect_timeout),
+                    )
+                    .await
+                    .map_err(|e| (true, e))?
+                    .client
                 }
                 (None, Connect::Ready(c)) => (**c).clone(),
             };
@@ -164,14 +178,44 @@ fn spawn(config: Config, client: Client, value: Vec<u8>, session: Session) -> Re
 /// One lease with the key put under it, its keepalive and a watch of the key.
 struct Session {
     lease: i64,
-    /// Revision of our last write of the key; older events are ignored.
+    /// Revision of our last write of the key, or the last event of it seen;
+    /// older events are ignored, and a re-opened watch starts after it.
     revision: i64,
-    keeper: LeaseKeeper,
-    keepalive: LeaseKeepAliveStream,
-    watch: WatchStream,
+    /// `None` while the streams are being re-opened on another member.
+    streams: Option<Streams>,
     last_ack: Instant,
     since: Instant,
     last_restore: Option<Instant>,
+}
+
+/// The two streams of a session, on one etcd member.
+struct Streams {
+    keeper: LeaseKeeper,
+    keepalive: LeaseKeepAliveStream,
+    watch: WatchStream,
+}
+
+/// Opens the keepalive stream of `lease` (etcd-client sends the first
+/// keepalive and waits for its answer) and a watch of `key` after
+/// `revision`.
+async fn open_streams(
+    client: &mut Client,
+    key: &str,
+    lease: i64,
+    revision: i64,
+) -> Result<Streams, etcd_client::Error> {
+    let (keeper, keepalive) = client.lease_keep_alive(lease).await?;
+    let watch = client
+        .watch(
+            key,
+            Some(WatchOptions::new().with_start_revision(revision + 1)),
+        )
+        .await?;
+    Ok(Streams {
+        keeper,
+        keepalive,
+        watch,
+    })
 }
 
 /// Grants a lease, puts the key with it, opens its keepalive stream and a
@@ -188,20 +232,12 @@ async fn establish(
             .put(key, value, Some(PutOptions::new().with_lease(lease)))
             .await?;
         let revision = put.header().map_or(0, |h| h.revision());
-        let (keeper, keepalive) = client.lease_keep_alive(lease).await?;
-        let watch = client
-            .watch(
-                key,
-                Some(WatchOptions::new().with_start_revision(revision + 1)),
-            )
-            .await?;
+        let streams = open_streams(client, key, lease, revision).await?;
         let now = Instant::now();
         Ok(Session {
             lease,
             revision,
-            keeper,
-            keepalive,
-            watch,
+            streams: Some(streams),
             last_ack: now,
             since: now,
             last_restore: None,
@@ -215,6 +251,29 @@ async fn establish(
             let _ = timeout(Duration::from_millis(500), client.lease_revoke(lease)).await;
             Err(e)
         }
+    }
+}
+
+/// First delay between attempts to re-open the streams, doubled up to 1 s.
+/// The first attempt is immediate: another member is usually ready.
+const RESUME_BACKOFF: Duration = Duration::from_millis(50);
+
+/// The next keepalive answer or watch response; pending while the streams
+/// are re-opened.
+async fn next_message(streams: &mut Option<Streams>) -> Event {
+    match streams {
+        Some(s) => tokio::select! {
+            r = s.keepalive.message() => Event::KeepAlive(r),
+            r = s.watch.message() => Event::Watch(r),
+        },
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -232,6 +291,16 @@ enum Event {
     KeepAlive(Result<Option<LeaseKeepAliveResponse>, etcd_client::Error>),
     Watch(Result<Option<WatchResponse>, etcd_client::Error>),
     Silent,
+    Resume,
+}
+
+/// While the streams are being re-opened: since when, why, and how many
+/// attempts failed.
+struct Broken {
+    since: Instant,
+    reason: String,
+    failures: u32,
+    retry_at: Option<Instant>,
 }
 
 struct Task {
@@ -301,18 +370,27 @@ impl Task {
     }
 
     /// Keeps `s` alive until it is lost or the registration stops.
+    ///
+    /// A broken keepalive or watch stream (its member died, or lost its
+    /// leader and canceled it) does not lose the registration: both streams
+    /// are re-opened at once on another member, on the same lease, the watch
+    /// from the last revision seen. Only a lease that is gone, or no
+    /// keepalive answer for a whole TTL, ends the session.
     async fn live(&mut self, s: &mut Session) -> End {
         let mut ticker = interval_at(Instant::now() + self.interval, self.interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut broken: Option<Broken> = None;
         loop {
+            let retry_at = broken.as_ref().and_then(|b| b.retry_at);
             let event = tokio::select! {
                 cmd = self.commands.recv() => Event::Command(cmd),
                 _ = ticker.tick() => Event::Tick,
-                r = s.keepalive.message() => Event::KeepAlive(r),
-                r = s.watch.message() => Event::Watch(r),
+                e = next_message(&mut s.streams) => e,
                 _ = sleep_until(s.last_ack + self.ttl) => Event::Silent,
+                _ = sleep_until_some(retry_at) => Event::Resume,
             };
-            match event {
+            let resume_due = matches!(event, Event::Resume);
+            let lost = match event {
                 Event::Command(None) => {
                     self.dropped();
                     return End::Stop;
@@ -329,40 +407,116 @@ impl Task {
                     if let Some(end) = end {
                         return end;
                     }
+                    None
                 }
-                Event::Tick => {
-                    if let Err(e) = s.keeper.keep_alive().await {
-                        return End::Lost(format!("keepalive request failed: {}", describe(&e)));
-                    }
-                }
+                Event::Tick => match s.streams.as_mut() {
+                    Some(streams) => streams
+                        .keeper
+                        .keep_alive()
+                        .await
+                        .err()
+                        .map(|e| format!("keepalive request failed: {}", describe(&e))),
+                    None => None,
+                },
                 Event::KeepAlive(Ok(Some(r))) => {
                     if r.ttl() <= 0 {
                         return End::Lost(format!("lease {} expired or was revoked", s.lease));
                     }
                     s.last_ack = Instant::now();
+                    None
                 }
-                Event::KeepAlive(Ok(None)) => {
-                    return End::Lost("etcd closed the keepalive stream".to_owned());
-                }
+                Event::KeepAlive(Ok(None)) => Some("etcd closed the keepalive stream".to_owned()),
                 Event::KeepAlive(Err(e)) => {
-                    return End::Lost(format!("keepalive stream failed: {}", describe(&e)));
+                    Some(format!("keepalive stream failed: {}", describe(&e)))
                 }
+                Event::Watch(Ok(Some(r))) if r.canceled() => Some(format!(
+                    "etcd canceled the watch of the key: {}",
+                    r.cancel_reason()
+                )),
                 Event::Watch(Ok(Some(r))) => {
                     if let Some(end) = self.on_watch(s, &r).await {
                         return end;
                     }
+                    None
                 }
-                Event::Watch(Ok(None)) => {
-                    return End::Lost("etcd closed the watch stream".to_owned());
-                }
-                Event::Watch(Err(e)) => {
-                    return End::Lost(format!("watch stream failed: {}", describe(&e)));
-                }
+                Event::Watch(Ok(None)) => Some("etcd closed the watch stream".to_owned()),
+                Event::Watch(Err(e)) => Some(format!("watch stream failed: {}", describe(&e))),
                 Event::Silent => {
-                    return End::Lost(format!("no keepalive answer for {:?} (the TTL)", self.ttl));
+                    return End::Lost(match broken {
+                        Some(b) => format!(
+                            "no etcd member kept the lease alive for {:?} (the TTL): {}",
+                            self.ttl, b.reason
+                        ),
+                        None => format!("no keepalive answer for {:?} (the TTL)", self.ttl),
+                    });
+                }
+                Event::Resume => None,
+            };
+            let attempt = resume_due || lost.is_some();
+            if let Some(reason) = lost {
+                // Close the broken streams before opening new ones.
+                s.streams = None;
+                if broken.is_none() {
+                    info!(key = %self.key, lease = s.lease, %reason, "etcd stream lost; re-opening it on another member");
+                    broken = Some(Broken {
+                        since: Instant::now(),
+                        reason,
+                        failures: 0,
+                        retry_at: None,
+                    });
+                }
+            }
+            if attempt
+                && s.streams.is_none()
+                && let Some(b) = broken.as_mut()
+            {
+                match self.resume(s).await {
+                    Ok(()) => {
+                        info!(
+                            key = %self.key,
+                            lease = s.lease,
+                            attempts = b.failures + 1,
+                            took_ms = b.since.elapsed().as_millis() as u64,
+                            "keepalive and watch re-opened"
+                        );
+                        broken = None;
+                    }
+                    Err(e) if is_lease_not_found(&e) => {
+                        return End::Lost(format!("lease {} is gone", s.lease));
+                    }
+                    Err(e) => {
+                        let error = describe(&e);
+                        if b.failures == 0 {
+                            // Logged once per outage: with no member that
+                            // has a leader this repeats until the TTL.
+                            warn!(key = %self.key, error = %error, "cannot re-open the etcd streams yet; retrying until the lease would expire");
+                        } else {
+                            debug!(key = %self.key, error = %error, attempt = b.failures + 1, "re-opening the etcd streams failed");
+                        }
+                        b.reason = error;
+                        let delay = RESUME_BACKOFF
+                            .saturating_mul(1 << b.failures.min(4))
+                            .min(Duration::from_secs(1));
+                        b.failures += 1;
+                        b.retry_at = Some(Instant::now() + delay);
+                    }
                 }
             }
         }
+    }
+
+    /// Re-opens the keepalive of the session's lease and the watch of the
+    /// key after the last revision seen, on whichever member the client
+    /// picks (a ready one).
+    async fn resume(&mut self, s: &mut Session) -> Result<(), etcd_client::Error> {
+        let open = open_streams(&mut self.client, &self.key, s.lease, s.revision);
+        let streams = timeout(self.request_timeout, open).await.map_err(|_| {
+            etcd_client::Error::WatchError(format!("no answer within {:?}", self.request_timeout))
+        })??;
+        s.streams = Some(streams);
+        // The first keepalive was answered: the lease is alive.
+        s.last_ack = Instant::now();
+        Ok(())
     }
 
     async fn on_watch(&mut self, s: &mut Session, r: &WatchResponse) -> Option<End> {
@@ -537,26 +691,61 @@ impl Task {
         }
     }
 
-    /// Deletes the key if it carries `lease`, then revokes `lease`.
+    /// Deletes the key if it carries `lease`, then revokes `lease`; both
+    /// are retried (each retry goes to the next ready member) until they
+    /// succeed or the request timeout, the shutdown budget, is spent.
     async fn remove(&mut self, lease: Option<i64>) -> Result<(), Error> {
         let Some(lease) = lease else { return Ok(()) };
         let doing = format!("cannot deregister {}", self.key);
-        let client = &mut self.client;
-        let key = self.key.as_str();
-        let work = async {
-            let txn = Txn::new()
-                .when([Compare::lease(key, CompareOp::Equal, lease)])
-                .and_then([TxnOp::delete(key, None)]);
-            client.txn(txn).await.map_err(|e| Error::etcd(&doing, &e))?;
-            match client.lease_revoke(lease).await {
-                Ok(_) => Ok(()),
-                Err(e) if is_lease_not_found(&e) => Ok(()),
-                Err(e) => Err(Error::etcd(&doing, &e)),
+        let deadline = Instant::now() + self.request_timeout;
+        let mut deleted = false;
+        let mut attempt = 0u32;
+        loop {
+            let step = if deleted {
+                "revoking the lease"
+            } else {
+                "deleting the key"
+            };
+            let result = timeout_at(deadline, async {
+                if !deleted {
+                    let txn = Txn::new()
+                        .when([Compare::lease(self.key.as_str(), CompareOp::Equal, lease)])
+                        .and_then([TxnOp::delete(self.key.as_str(), None)]);
+                    self.client.txn(txn).await?;
+                    deleted = true;
+                }
+                match self.client.lease_revoke(lease).await {
+                    Err(e) if !is_lease_not_found(&e) => Err(e),
+                    _ => Ok(()),
+                }
+            })
+            .await;
+            let e = match result {
+                Ok(Ok(())) => {
+                    if attempt > 0 {
+                        info!(key = %self.key, attempts = attempt + 1, "deregistration reached a live etcd member");
+                    }
+                    return Ok(());
+                }
+                Ok(Err(e)) => e,
+                Err(_) => return Err(Error::timeout(&doing, self.request_timeout)),
+            };
+            if !is_transient(&e) {
+                return Err(Error::etcd(&doing, &e));
             }
-        };
-        match timeout(self.request_timeout, work).await {
-            Ok(result) => result,
-            Err(_) => Err(Error::timeout(&doing, self.request_timeout)),
+            attempt += 1;
+            debug!(key = %self.key, step, error = %describe(&e), attempt, "deregistration attempt failed; retrying on another member");
+            // The next attempt goes to the next ready member; pause a
+            // little only once every member has been tried.
+            let pause = if attempt % 3 == 0 {
+                Duration::from_millis(50)
+            } else {
+                Duration::ZERO
+            };
+            if Instant::now() + pause >= deadline {
+                return Err(Error::etcd(&doing, &e));
+            }
+            sleep_until(Instant::now() + pause).await;
         }
     }
 

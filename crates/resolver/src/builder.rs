@@ -3,7 +3,7 @@
 
 use std::{fmt, time::Duration};
 
-use etcd_client::{Client, ConnectOptions, GetOptions};
+use etcd_client::{ConnectOptions, GetOptions};
 use etcd_security::{self as security, EtcdAuth, EtcdTls, Secured, describe, diagnose};
 use tokio::time::{Instant, sleep, timeout, timeout_at};
 use tracing::warn;
@@ -170,20 +170,25 @@ impl ResolverBuilder {
             self.endpoints.join(",")
         );
         let deadline = Instant::now() + self.connect_timeout;
-        let client =
-            match timeout_at(deadline, Client::connect(&self.endpoints, Some(options))).await {
-                Ok(Ok(client)) => client,
-                Ok(Err(e)) => return Err(ConnectError::from_etcd(&doing, &e, secured)),
-                Err(_) => {
-                    return Err(ConnectError::new(
-                        ConnectErrorKind::Unavailable,
-                        format!(
-                            "{doing}: etcd did not answer within {:?} (connect timeout)",
-                            self.connect_timeout
-                        ),
-                    ));
-                }
-            };
+        let connect = etcd_failover::connect(
+            &self.endpoints,
+            self.tls.as_ref(),
+            Some(options),
+            self.connect_timeout,
+        );
+        let client = match timeout_at(deadline, connect).await {
+            Ok(Ok(connected)) => connected.client,
+            Ok(Err(e)) => return Err(ConnectError::from_etcd(&doing, &e, secured)),
+            Err(_) => {
+                return Err(ConnectError::new(
+                    ConnectErrorKind::Unavailable,
+                    format!(
+                        "{doing}: etcd did not answer within {:?} (connect timeout)",
+                        self.connect_timeout
+                    ),
+                ));
+            }
+        };
         let mut resolver = Resolver::new(client, self.prefix);
         resolver.secured = secured;
         resolver.check(deadline, &doing).await?;

@@ -50,7 +50,7 @@ pub use crate::{
         ConnectError, ConnectErrorKind, DEFAULT_CONNECT_TIMEOUT, DEFAULT_ETCD_ENDPOINT,
         ResolverBuilder,
     },
-    resolution::Resolution,
+    resolution::{Health, Resolution},
     resolver::Resolver,
     value::{DecodeError, Decoded, Entry, decode_value},
 };

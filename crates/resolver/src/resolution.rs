@@ -16,14 +16,37 @@ use std::{
 
 use discover::{Change, Endpoint};
 use futures::Stream;
-use tokio::task::AbortHandle;
+use tokio::{sync::watch, task::AbortHandle};
 
 use crate::value::Entry;
 
 /// The current set, shared by the task (writer) and the stream (reader).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Shared {
     state: Mutex<State>,
+    health: watch::Sender<Health>,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Self {
+            state: Mutex::default(),
+            health: watch::channel(Health::Starting).0,
+        }
+    }
+}
+
+/// Whether the resolver follows etcd now, from [`Resolution::health`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// The first list has not completed yet.
+    Starting,
+    /// Listed and watching: the set follows etcd.
+    Following,
+    /// The watch is lost and cannot be re-opened yet (etcd down, or no
+    /// member has a leader): the set is the last one known, unchanged. The
+    /// reason says why.
+    Outage(String),
 }
 
 #[derive(Debug, Default)]
@@ -112,6 +135,14 @@ impl Shared {
         n
     }
 
+    pub(crate) fn set_health(&self, health: Health) {
+        self.health.send_if_modified(|h| {
+            let changed = *h != health;
+            *h = health;
+            changed
+        });
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.lock().current.len()
     }
@@ -155,6 +186,12 @@ impl Resolution {
     /// first list completes.
     pub fn snapshot(&self) -> HashMap<String, Entry> {
         self.shared.lock().current.clone()
+    }
+
+    /// Whether the resolver follows etcd now; the receiver sees every
+    /// change (e.g. `wait_for(|h| matches!(h, Health::Outage(_)))`).
+    pub fn health(&self) -> watch::Receiver<Health> {
+        self.shared.health.subscribe()
     }
 
     #[cfg(test)]

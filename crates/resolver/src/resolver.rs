@@ -11,7 +11,7 @@ use tracing::{Instrument, debug, info, warn};
 
 use crate::{
     backoff::Backoff,
-    resolution::{Resolution, Shared},
+    resolution::{Health, Resolution, Shared},
     value::{Decoded, Entry, decode_value, shorten},
 };
 
@@ -93,8 +93,9 @@ impl Resolver {
                 .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
                 .with_connect_timeout(Duration::from_secs(2))
         });
-        let client = Client::connect(endpoints, Some(options)).await?;
-        Ok(Self::new(client, prefix))
+        let connected =
+            etcd_failover::connect(endpoints, None, Some(options), Duration::from_secs(2)).await?;
+        Ok(Self::new(connected.client, prefix))
     }
 
     /// How long to wait between attempts to reach etcd again.
@@ -153,7 +154,35 @@ impl Resolver {
         let mut failures = 0u32;
         // Since when, and why, the set has not been followed.
         let mut outage: Option<(Instant, String)> = None;
+        // The revision up to which every event was applied, when the last
+        // watch broke in a way another member can resume.
+        let mut resume: Option<i64> = None;
         loop {
+            if let Some(revision) = resume.take() {
+                match self.rewatch(revision).await {
+                    Ok(watch) => {
+                        if let Some((since, reason)) = outage.take() {
+                            info!(
+                                %reason,
+                                took_ms = since.elapsed().as_millis() as u64,
+                                revision,
+                                "resolver re-opened its watch from the last revision seen"
+                            );
+                        }
+                        shared.set_health(Health::Following);
+                        let (reason, next) = self.follow(watch, revision, &shared).await;
+                        log_loss(&reason, next);
+                        resume = next;
+                        outage = Some((Instant::now(), reason));
+                        continue;
+                    }
+                    Err(error) => {
+                        // E.g. compacted meanwhile, or no member reachable:
+                        // list again (diffed, so the set stays exact).
+                        debug!(%error, revision, "cannot resume the watch; listing again");
+                    }
+                }
+            }
             match self.sync(&shared).await {
                 Ok((watch, revision, changed)) => {
                     let endpoints = shared.len();
@@ -173,25 +202,54 @@ impl Resolver {
                         ),
                     }
                     failures = 0;
-                    let reason = self.follow(watch, &shared).await;
-                    warn!(%reason, "resolver lost its watch, listing again");
+                    shared.set_health(Health::Following);
+                    let (reason, next) = self.follow(watch, revision, &shared).await;
+                    log_loss(&reason, next);
+                    resume = next;
                     outage = Some((Instant::now(), reason));
                 }
                 Err(error) => {
                     let delay = self.backoff.delay(failures);
                     failures = failures.saturating_add(1);
-                    warn!(
-                        %error,
-                        attempt = failures,
-                        retry_in_ms = delay.as_millis() as u64,
-                        "resolver cannot list and watch etcd; keeping the last known set"
-                    );
+                    if failures == 1 {
+                        // Once per outage: with etcd down or no member that
+                        // has a leader, this repeats until it is back.
+                        warn!(
+                            %error,
+                            retry_in_ms = delay.as_millis() as u64,
+                            "resolver cannot list and watch etcd; keeping the last known set"
+                        );
+                    } else {
+                        debug!(%error, attempt = failures, retry_in_ms = delay.as_millis() as u64, "resolver still cannot list and watch etcd");
+                    }
+                    shared.set_health(Health::Outage(error.clone()));
                     if outage.is_none() {
                         outage = Some((Instant::now(), error));
                     }
                     tokio::time::sleep(delay).await;
                 }
             }
+        }
+    }
+
+    /// Opens a watch of the prefix from `revision + 1` and waits until etcd
+    /// created it.
+    async fn rewatch(&mut self, revision: i64) -> Result<WatchStream, String> {
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision + 1)
+            .with_prev_key();
+        let key = self.key_prefix.clone();
+        let mut watch = self
+            .timed(
+                "re-opening the watch",
+                self.client.clone().watch(key, Some(options)),
+            )
+            .await?;
+        match self.timed("re-opening the watch", watch.message()).await? {
+            None => Err("watch stream ended before the watch was created".into()),
+            Some(resp) if resp.canceled() => Err(cancel_reason(&resp)),
+            Some(_) => Ok(watch),
         }
     }
 
@@ -266,13 +324,25 @@ impl Resolver {
         Ok((set, revision))
     }
 
-    /// Applies watch events until the watch stops; returns why it stopped.
-    async fn follow(&self, mut watch: WatchStream, shared: &Shared) -> String {
+    /// Applies watch events until the watch stops; returns why it stopped
+    /// and, when another member can resume it (the stream broke, or etcd
+    /// canceled it for lack of a leader), the revision up to which every
+    /// event was applied. A compacted watch cannot be resumed: list again.
+    async fn follow(
+        &self,
+        mut watch: WatchStream,
+        mut revision: i64,
+        shared: &Shared,
+    ) -> (String, Option<i64>) {
         loop {
             match watch.message().await {
                 Ok(Some(resp)) => {
                     if resp.canceled() {
-                        return cancel_reason(&resp);
+                        let resumable = resp.compact_revision() <= 0;
+                        return (cancel_reason(&resp), resumable.then_some(revision));
+                    }
+                    if let Some(last) = resp.events().last().and_then(|e| e.kv()) {
+                        revision = revision.max(last.mod_revision());
                     }
                     shared.apply(resp.events().iter().filter_map(|event| {
                         let kv = event.kv()?;
@@ -284,8 +354,13 @@ impl Resolver {
                         }
                     }));
                 }
-                Ok(None) => return "watch stream ended".into(),
-                Err(e) => return format!("watch stream error: {e}"),
+                Ok(None) => return ("watch stream ended".into(), Some(revision)),
+                Err(e) => {
+                    return (
+                        format!("watch stream error: {}", describe(&e)),
+                        Some(revision),
+                    );
+                }
             }
         }
     }
@@ -334,6 +409,16 @@ impl Resolver {
                 self.request_timeout
             )),
         }
+    }
+}
+
+fn log_loss(reason: &str, resume: Option<i64>) {
+    match resume {
+        // A member died or lost its leader: routine in a cluster.
+        Some(revision) => {
+            info!(%reason, revision, "resolver lost its watch; re-opening it on another member")
+        }
+        None => warn!(%reason, "resolver lost its watch, listing again"),
     }
 }
 
