@@ -8,6 +8,7 @@ use etcd_client::{
     LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp, WatchOptions, WatchResponse,
     WatchStream,
 };
+use etcd_failover::Members;
 use etcd_security::{EtcdTls, Secured, describe, diagnose};
 use serde_json::Value;
 use tokio::{
@@ -59,6 +60,7 @@ pub(crate) async fn register(
     let doing = format!("cannot register {} in etcd{at}", config.key);
     let value = endpoint::encode(&config.address, &config.metadata);
     let backoff = Backoff::DEFAULT;
+    let mut members: Option<Members> = None;
     let mut client = match &connect {
         Connect::Ready(c) => Some((**c).clone()),
         Connect::Endpoints { .. } => None,
@@ -76,17 +78,18 @@ pub(crate) async fn register(
                         options,
                         tls,
                     },
-                ) => {
-                    etcd_failover::connect(
-                        endpoints,
-                        tls.as_ref(),
-                        options.as_deref().cloned(),
-                        config.request_timeout.min(config.connect_timeout),
-                    )
-                    .await
-                    .map_err(|e| (true, e))?
-                    .client
-                }
+                ) => etcd_failover::connect(
+                    endpoints,
+                    tls.as_ref(),
+                    options.as_deref().cloned(),
+                    config.request_timeout.min(config.connect_timeout),
+                )
+                .await
+                .map(|connected| {
+                    members = Some(connected.members);
+                    connected.client
+                })
+                .map_err(|e| (true, e))?,
                 (None, Connect::Ready(c)) => (**c).clone(),
             };
             client = Some(c.clone());
@@ -105,7 +108,7 @@ pub(crate) async fn register(
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "registered"
                 );
-                return Ok(spawn(config, client, value, session));
+                return Ok(spawn(config, client, members, value, session));
             }
             Ok(Err((_, e))) if diagnose(&describe(&e), secured).is_some_and(|d| d.fatal) => {
                 let text = describe(&e);
@@ -151,7 +154,13 @@ pub(crate) async fn register(
     ))
 }
 
-fn spawn(config: Config, client: Client, value: Vec<u8>, session: Session) -> Registered {
+fn spawn(
+    config: Config,
+    client: Client,
+    members: Option<Members>,
+    value: Vec<u8>,
+    session: Session,
+) -> Registered {
     let (state_tx, state_rx) = watch::channel(State::Registered);
     let (commands_tx, commands_rx) = mpsc::channel(8);
     let key = config.key.clone();
@@ -170,6 +179,7 @@ fn spawn(config: Config, client: Client, value: Vec<u8>, session: Session) -> Re
         backoff: Backoff::DEFAULT,
         flaps: 0,
         stale_lease: None,
+        members,
     };
     tokio::spawn(task.run(session));
     Registered::new(key, commands_tx, state_rx)
@@ -321,6 +331,9 @@ struct Task {
     flaps: u32,
     /// The lease of the last lost session, revoked once re-registered.
     stale_lease: Option<i64>,
+    /// The members' connection states, to say in logs which one failed
+    /// (`None` for a client given by the caller).
+    members: Option<Members>,
 }
 
 impl Task {
@@ -362,6 +375,12 @@ impl Task {
                 State::Stopped => info!(key = %self.key, state = ?state, "registration state"),
             }
         }
+    }
+
+    fn describe_members(&self) -> String {
+        self.members
+            .as_ref()
+            .map_or_else(|| "(caller's client)".to_owned(), Members::describe)
     }
 
     fn set_metadata(&mut self, metadata: Value) {
@@ -457,7 +476,7 @@ impl Task {
                 // Close the broken streams before opening new ones.
                 s.streams = None;
                 if broken.is_none() {
-                    info!(key = %self.key, lease = s.lease, %reason, "etcd stream lost; re-opening it on another member");
+                    info!(key = %self.key, lease = s.lease, %reason, members = %self.describe_members(), "etcd stream lost; re-opening it on another member");
                     broken = Some(Broken {
                         since: Instant::now(),
                         reason,
@@ -489,7 +508,7 @@ impl Task {
                         if b.failures == 0 {
                             // Logged once per outage: with no member that
                             // has a leader this repeats until the TTL.
-                            warn!(key = %self.key, error = %error, "cannot re-open the etcd streams yet; retrying until the lease would expire");
+                            warn!(key = %self.key, error = %error, members = %self.describe_members(), "cannot re-open the etcd streams yet; retrying until the lease would expire");
                         } else {
                             debug!(key = %self.key, error = %error, attempt = b.failures + 1, "re-opening the etcd streams failed");
                         }

@@ -1,6 +1,7 @@
 //! End-to-end tests against a real etcd. Run with `cargo xtask test`.
 
 mod advertise;
+mod cluster;
 mod echo;
 mod etcd;
 mod interop;
