@@ -331,6 +331,36 @@ impl Cluster {
         }
     }
 
+    /// Makes member `to` the leader (etcd's MoveLeader, asked of the current
+    /// leader through the JSON gateway) and waits until it is.
+    pub fn move_leader(&self, to: usize) -> Result<(), Error> {
+        let limit = Duration::from_secs(10);
+        let leader = self.wait_for_leader(limit)?;
+        if leader == to {
+            return Ok(());
+        }
+        let host = |i: usize| format!("127.0.0.1:{}", self.members[i].client_port);
+        let target = member_status(&host(to))
+            .map_err(|e| Error::new(format!("member {to} does not answer: {e}")))?
+            .member_id;
+        post(
+            &host(leader),
+            "/v3/maintenance/transfer-leadership",
+            &format!(r#"{{"targetID":"{target}"}}"#),
+        )
+        .map_err(|e| Error::new(format!("moving the leadership to member {to}: {e}")))?;
+        let deadline = Instant::now() + limit;
+        while self.leader() != Some(to) {
+            if Instant::now() > deadline {
+                return Err(Error::new(format!(
+                    "member {to} did not become leader within {limit:?}"
+                )));
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
     /// A running member that is not the leader, if there is one.
     pub fn follower(&self) -> Option<usize> {
         let leader = self.leader();
@@ -358,22 +388,34 @@ pub struct MemberStatus {
 /// Asks the member at `host_port` (its client port) for its id and the
 /// leader it knows, through etcd's JSON gateway (plain HTTP/1.1).
 pub fn member_status(host_port: &str) -> io::Result<MemberStatus> {
-    let mut stream = connect(host_port)?;
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let body = "{}";
-    write!(
-        stream,
-        "POST /v3/maintenance/status HTTP/1.1\r\nHost: {host_port}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
+    let response = post(host_port, "/v3/maintenance/status", "{}")?;
     let bad = || io::Error::other(format!("unexpected status answer: {response:.200}"));
     // The gateway writes 64-bit ids as JSON strings: "member_id":"1234".
     let member_id = json_u64(&response, "member_id").ok_or_else(bad)?;
     let leader = json_u64(&response, "leader").unwrap_or(0);
     Ok(MemberStatus { member_id, leader })
+}
+
+/// POSTs a JSON `body` to etcd's gateway; the whole response, or an error
+/// for a status other than 200.
+fn post(host_port: &str, path: &str, body: &str) -> io::Result<String> {
+    let mut stream = connect(host_port)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {host_port}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    if !response.starts_with("HTTP/1.1 200") {
+        return Err(io::Error::other(format!(
+            "{path}: {}",
+            response.lines().last().unwrap_or("no answer")
+        )));
+    }
+    Ok(response)
 }
 
 /// The number after `"field":` (quoted or not) in a flat JSON text.

@@ -27,6 +27,10 @@ fn a_three_member_cluster_survives_its_leaders_death_and_the_member_rejoins() {
         "{ids:?}"
     );
 
+    let other = (leader + 1) % 3;
+    cluster.move_leader(other).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cluster.leader(), Some(other));
+    let leader = other;
     cluster.kill(leader);
     assert!(!cluster.is_running(leader));
     let next = cluster

@@ -236,7 +236,15 @@ fn moved_ms(server: &mut Proc) -> Vec<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_the_first_member_then_the_leader_loses_no_key_and_no_call() {
     let t0 = Instant::now();
-    let cluster = Arc::new(Mutex::new(blocking(|| cluster(3)).await));
+    // As users meet it: the member listed first is a follower.
+    let cluster = Arc::new(Mutex::new(
+        blocking(|| {
+            let cluster = cluster(3);
+            cluster.move_leader(1).unwrap_or_else(|e| panic!("{e}"));
+            cluster
+        })
+        .await,
+    ));
     let endpoints = cluster.lock().unwrap().endpoints();
     let env = unique_env("cluster_failover");
     let prefix = format!("discovery/{env}/game");
@@ -269,7 +277,7 @@ async fn losing_the_first_member_then_the_leader_loses_no_key_and_no_call() {
     let first = lose_member(
         &cluster,
         0,
-        "member listed first",
+        "member listed first, a follower",
         &env,
         &mut client,
         &mut resolution,
@@ -307,7 +315,10 @@ async fn losing_the_first_member_then_the_leader_loses_no_key_and_no_call() {
         "both servers served: {per:?}"
     );
     let (samples, failed_reads, missing) = sampler.finish().await;
-    eprintln!("{:?}: {samples} samples, {failed_reads} failed reads", t0.elapsed());
+    eprintln!(
+        "{:?}: {samples} samples, {failed_reads} failed reads",
+        t0.elapsed()
+    );
     assert!(
         samples >= 20,
         "only {samples} samples ({failed_reads} reads failed)"
