@@ -18,7 +18,15 @@
 //! first registration at once with [`ErrorKind::Security`] and a message
 //! that says which setting to fix; the password is never logged.
 //!
-//! Must not depend on the resolver or the balancer.
+//! Several etcd members (a cluster): requests go only to members that are
+//! up, through `etcd-failover`. A keepalive or watch stream broken by a
+//! member's death, or by a member that lost its leader (require-leader),
+//! is re-opened at once on another member, on the same lease, so the key
+//! never goes missing; deregistration retries across members until it
+//! succeeds or the [request timeout](Registration::request_timeout) is spent.
+//!
+//! Must not depend on the resolver, nor on the balancer except through
+//! `etcd-failover` (its channel to etcd's members).
 //!
 //! # Example
 //!

@@ -3,7 +3,8 @@
 //! One job: follow the servers registered under `discovery/<env>/<service>/`
 //! (by the `registry` crate, or by Go's `endpoints.Manager`) and tell a
 //! consumer (the `balancer`) what changed, as [`discover::Change`]s. It must
-//! not depend on the registry or the balancer.
+//! not depend on the registry, nor on the balancer except through
+//! `etcd-failover` (its channel to etcd's members).
 //!
 //! How: list the prefix at a revision R (paginated, every page at R), emit an
 //! `Insert` per endpoint, then watch from R + 1. Values are decoded by
@@ -12,7 +13,12 @@
 //! resolver keeps the last known set, retries with [`Backoff`], lists again
 //! and emits only the differences: no endpoint lost, none left behind, the
 //! unchanged ones undisturbed. Each recovery is logged with its reason and
-//! duration.
+//! duration; an outage is logged once, and [`Resolution::health`] tells it.
+//!
+//! With several etcd members (a cluster), requests go only to members that
+//! are up (through `etcd-failover`), and a watch broken by a member's death
+//! or loss of leader (require-leader) is re-opened at once on another member
+//! from the last revision seen, losing no event and listing nothing.
 //!
 //! etcd with TLS or authentication: see [`Resolver::builder`] and
 //! [`EtcdTls`].
