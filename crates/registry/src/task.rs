@@ -756,7 +756,7 @@ impl Task {
             debug!(key = %self.key, step, error = %describe(&e), attempt, "deregistration attempt failed; retrying on another member");
             // The next attempt goes to the next ready member; pause a
             // little only once every member has been tried.
-            let pause = if attempt % 3 == 0 {
+            let pause = if attempt.is_multiple_of(3) {
                 Duration::from_millis(50)
             } else {
                 Duration::ZERO

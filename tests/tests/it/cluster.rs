@@ -20,8 +20,8 @@ use integration_tests::{
 use resolver::{Health, Resolution, Resolver};
 
 /// A client of the cluster that fails over like the registry's.
-async fn failover_client(cluster: &Cluster) -> Client {
-    etcd_failover::connect(&cluster.endpoints(), None, None, Duration::from_secs(2))
+async fn failover_client(endpoints: &[String]) -> Client {
+    etcd_failover::connect(endpoints, None, None, Duration::from_secs(2))
         .await
         .expect("connect to the cluster")
         .client
@@ -256,7 +256,7 @@ async fn losing_the_first_member_then_the_leader_loses_no_key_and_no_call() {
         .iter()
         .map(|(_, addr)| format!("{prefix}/{addr}"))
         .collect();
-    let mut client = failover_client(&cluster.lock().unwrap()).await;
+    let mut client = failover_client(&endpoints).await;
     let sampler = Sampler::start(client.clone(), format!("{prefix}/"), must.clone());
     let mut resolution = Resolver::connect(&endpoints, None, prefix.as_str())
         .await
@@ -350,7 +350,7 @@ async fn an_isolated_member_keeps_the_resolver_set_and_it_converges_when_quorum_
     let endpoints = cluster.lock().unwrap().endpoints();
     let env = unique_env("cluster_isolated");
     let prefix = format!("discovery/{env}/game");
-    let mut client = failover_client(&cluster.lock().unwrap()).await;
+    let mut client = failover_client(&endpoints).await;
     let (a, b, c) = (
         format!("{prefix}/127.0.0.1:1"),
         format!("{prefix}/127.0.0.1:2"),
