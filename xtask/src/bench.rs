@@ -25,6 +25,7 @@ use serde_json::{Value, json};
 use crate::{Result, cargo, ensure_protoc, provision_etcd, workspace_root};
 
 pub(crate) mod authority;
+mod watchers;
 
 /// CPU of the load generator and CPU of the servers when pinning works.
 const CLIENT_CPU: &str = "0";
@@ -138,6 +139,7 @@ pub(crate) fn run(quick: bool, interrupt: &Receiver<()>) -> Result<ExitCode> {
     details["propagation"] = timed("propagation", bench.propagation(&plan)?);
     details["failover"] = timed("failover", bench.failover(&plan)?);
     details["scale"] = timed("scale", bench.scale(&plan)?);
+    details["watchers"] = timed("watchers", watchers::run(&mut bench, &plan)?);
     details["done_at_s"] = sections;
     details["elapsed_s"] = json!(measuring.elapsed().as_secs());
     details["loadavg_before"] = json!(loadavg_before);
@@ -841,6 +843,7 @@ fn print_table(d: &Value) {
         num(&s["client_1k_errors"]),
         num(&s["client_rss_mib_1k"])
     );
+    watchers::print(&d["watchers"]);
     println!(
         "\nmeasuring took {} s (sections done at {}), after {} s of build; load average before {}, after {}",
         d["elapsed_s"], d["done_at_s"], d["build_s"], d["loadavg_before"], d["loadavg_after"]

@@ -75,6 +75,10 @@ enum Cmd {
         /// Seed of the fault schedule (random when absent; printed).
         #[arg(long)]
         seed: Option<u64>,
+        /// etcd members: 3 runs on a local cluster and adds member kills,
+        /// leader kills and member restarts; 1 kills one etcd whole.
+        #[arg(long, default_value_t = 3)]
+        members: u64,
     },
 }
 
@@ -92,7 +96,11 @@ fn main() -> ExitCode {
         Cmd::Etcd { members } => run_etcd(members, &interrupt_rx),
         Cmd::Test { args } => run_tests(&args),
         Cmd::Demo => demo::run(&interrupt_rx),
-        Cmd::Chaos { duration, seed } => run_chaos(&duration, seed),
+        Cmd::Chaos {
+            duration,
+            seed,
+            members,
+        } => run_chaos(&duration, seed, members),
         Cmd::BenchAuthority { quick } => bench::authority::run_alone(quick, &interrupt_rx),
         Cmd::GoPeer => provision_go_peer().map(|peer| {
             println!("{}", peer.display());
@@ -207,7 +215,7 @@ fn build_binaries(protoc: &Path) -> Result<()> {
     Ok(())
 }
 
-fn run_chaos(duration: &str, seed: Option<u64>) -> Result<ExitCode> {
+fn run_chaos(duration: &str, seed: Option<u64>, members: u64) -> Result<ExitCode> {
     let protoc = ensure_protoc()?;
     eprintln!("xtask: building echo-server and chaos");
     let status = cargo()
@@ -234,6 +242,7 @@ fn run_chaos(duration: &str, seed: Option<u64>) -> Result<ExitCode> {
     let bin_dir = workspace_root().join("target/debug");
     let mut cmd = Command::new(bin_dir.join("chaos"));
     cmd.args(["--duration", duration])
+        .args(["--members", &members.to_string()])
         .arg("--etcd-bin")
         .arg(&etcd_bin)
         .arg("--server-bin")

@@ -10,6 +10,10 @@
 //! - no failed call while etcd is down or coming back (clients keep the last
 //!   known set, servers keep serving);
 //! - at the end the etcd prefix holds exactly the live servers;
+//! - on a cluster ([`Config::members`] ≥ 3), which the schedule also hits
+//!   with member kills, leader kills and member restarts: no failed call
+//!   after any of them, and every live server's key present in every
+//!   100 ms sample of the prefix;
 //! - nothing leaks: every process is reaped, file descriptors return to their
 //!   baseline, etcd's temp dir is gone.
 //!
@@ -40,7 +44,7 @@ use std::{
 
 use balancer::{Balancer, ConnectivityState, StickyExt as _};
 use echo_proto::{EchoRequest, echo_client::EchoClient};
-use etcd_provision::EtcdProcess;
+use etcd_provision::{Cluster, EtcdProcess};
 use tokio::{
     process::{Child, Command},
     time::{Instant, sleep, timeout},
@@ -62,6 +66,10 @@ pub struct Config {
     pub server_bin: PathBuf,
     /// The `etcd` binary.
     pub etcd_bin: PathBuf,
+    /// etcd members. Default 1: one etcd, killed and restarted whole. With
+    /// 3 or more, a local cluster whose members (the leader included) are
+    /// killed and restarted one at a time, besides whole-cluster restarts.
+    pub members: usize,
 }
 
 impl Config {
@@ -74,6 +82,7 @@ impl Config {
             concurrency: 16,
             server_bin,
             etcd_bin,
+            members: 1,
         }
     }
 }
@@ -112,6 +121,15 @@ pub struct Report {
     pub failed_after_sigkill: u64,
     /// Failed calls while etcd was down or restarting.
     pub failed_while_etcd_down: u64,
+    /// Failed calls after a follower member's kill (and restart).
+    pub failed_after_member_kill: u64,
+    /// Failed calls after the leader's kill (and restart).
+    pub failed_after_leader_kill: u64,
+    /// Samples of the prefix taken (every 100 ms; reads etcd could not
+    /// answer, e.g. while all of it is down, are not samples).
+    pub key_samples: u64,
+    /// Samples in which a live, registered server's key was missing.
+    pub key_samples_missing: u64,
     /// Invariants that did not hold, in words. Empty on success.
     pub violations: Vec<String>,
 }
@@ -131,6 +149,15 @@ impl fmt::Display for Report {
             self.failed_after_sigkill,
             self.failed_while_etcd_down
         )?;
+        writeln!(
+            f,
+            "etcd members: failed calls after member kills: {}, after leader kills: {}; \
+             key samples: {} ({} with a live server's key missing)",
+            self.failed_after_member_kill,
+            self.failed_after_leader_kill,
+            self.key_samples,
+            self.key_samples_missing
+        )?;
         if self.violations.is_empty() {
             write!(f, "verdict: PASS (every invariant held)")
         } else {
@@ -149,7 +176,54 @@ enum Kind {
     SigInt,
     SigKill,
     EtcdDown,
+    MemberKill,
+    LeaderKill,
 }
+
+/// The etcd of a run: one process, or a local cluster.
+enum Etcd {
+    Single(EtcdProcess),
+    Cluster(Cluster),
+}
+
+impl Etcd {
+    fn endpoints(&self) -> Vec<String> {
+        match self {
+            Etcd::Single(p) => vec![p.endpoint()],
+            Etcd::Cluster(c) => c.endpoints(),
+        }
+    }
+
+    fn dir(&self) -> PathBuf {
+        match self {
+            Etcd::Single(p) => p.dir().to_path_buf(),
+            Etcd::Cluster(c) => c.dir().to_path_buf(),
+        }
+    }
+
+    fn kill_all(&mut self) {
+        match self {
+            Etcd::Single(p) => p.kill(),
+            Etcd::Cluster(c) => (0..c.len()).for_each(|i| c.kill(i)),
+        }
+    }
+
+    fn start_all(&mut self) -> Result<(), etcd_provision::Error> {
+        match self {
+            Etcd::Single(p) => p.start(),
+            Etcd::Cluster(c) => {
+                for i in 0..c.len() {
+                    c.start_member(i)?;
+                }
+                c.wait_healthy_all()
+            }
+        }
+    }
+}
+
+/// Keys that must be in etcd now: a server's key is added once a client
+/// sees it ready, and removed before it is signalled.
+type Must = Arc<Mutex<BTreeSet<String>>>;
 
 struct Event {
     at: Instant,
@@ -166,7 +240,10 @@ struct Server {
 struct Harness {
     config: Config,
     env: String,
-    etcd: EtcdProcess,
+    etcd: Etcd,
+    /// A failover client of every member, for samples and the final check.
+    etcd_client: Option<etcd_client::Client>,
+    must: Must,
     servers: Vec<Server>,
     failures: Arc<Mutex<Vec<(Instant, String)>>>,
     ok: Arc<AtomicU64>,
@@ -180,9 +257,15 @@ struct Harness {
 /// invariants are reported in [`Report::violations`], not as errors.
 pub async fn run(config: Config) -> Result<Report, Error> {
     let fds_before = open_fds();
-    let etcd = tokio::task::block_in_place(|| EtcdProcess::start_new(&config.etcd_bin))
-        .map_err(|e| err(format!("etcd: {e}")))?;
-    let etcd_dir = etcd.dir().to_path_buf();
+    let etcd = tokio::task::block_in_place(|| {
+        if config.members > 1 {
+            Cluster::start(&config.etcd_bin, config.members).map(Etcd::Cluster)
+        } else {
+            EtcdProcess::start_new(&config.etcd_bin).map(Etcd::Single)
+        }
+    })
+    .map_err(|e| err(format!("etcd: {e}")))?;
+    let etcd_dir = etcd.dir();
     let env = format!("chaos-{}-{}", std::process::id(), config.seed);
     let mut harness = Harness {
         servers: (1..=config.servers)
@@ -200,6 +283,8 @@ pub async fn run(config: Config) -> Result<Report, Error> {
         config,
         env,
         etcd,
+        etcd_client: None,
+        must: Must::default(),
         failures: Arc::default(),
         ok: Arc::default(),
         stop: Arc::default(),
@@ -239,6 +324,12 @@ impl Harness {
             seed: self.config.seed,
             ..Report::default()
         };
+        self.etcd_client = Some(
+            etcd_failover::connect(&self.etcd.endpoints(), None, None, Duration::from_secs(2))
+                .await
+                .map_err(|e| err(format!("etcd client: {e}")))?
+                .client,
+        );
         for i in 0..self.servers.len() {
             self.start_server(i).await?;
         }
@@ -249,6 +340,10 @@ impl Harness {
                 .await
                 .map_err(|_| err("the servers did not all become ready within 30 s"))?;
         }
+        for i in 0..self.servers.len() {
+            self.must_have(i);
+        }
+        let sampler = self.spawn_sampler();
         let workers = self.spawn_load(&client, &sticky);
 
         let mut rng = fastrand::Rng::with_seed(self.config.seed);
@@ -263,27 +358,42 @@ impl Harness {
             let roll = rng.u8(0..100);
             let i = rng.usize(0..self.servers.len());
             let at = Instant::now();
-            let (kind, what) = if roll < 35 {
+            let cluster = matches!(self.etcd, Etcd::Cluster(_));
+            let (kind, what) = if cluster && roll >= 60 {
+                // A cluster: members, the leader included, fail one at a
+                // time; now and then the whole cluster goes down.
+                let kind = match roll {
+                    60..75 => Kind::MemberKill,
+                    75..90 => Kind::LeaderKill,
+                    _ => Kind::EtcdDown,
+                };
+                let what = self.kill_members(kind, &mut rng).await?;
+                (kind, what)
+            } else if (cluster && roll < 30) || (!cluster && roll < 35) {
                 self.signal_server(i, "-INT").await?;
                 (
                     Kind::SigInt,
                     format!("SIGINT server {}", self.servers[i].id),
                 )
-            } else if roll < 70 {
+            } else if roll < 70 || cluster {
                 self.signal_server(i, "-KILL").await?;
                 (
                     Kind::SigKill,
                     format!("SIGKILL server {}", self.servers[i].id),
                 )
             } else {
-                tokio::task::block_in_place(|| self.etcd.kill());
+                tokio::task::block_in_place(|| self.etcd.kill_all());
                 (Kind::EtcdDown, "kill etcd".to_string())
             };
             events.push(Event { at, kind, what });
             sleep(Duration::from_millis(rng.u64(300..1500))).await;
             match kind {
+                Kind::MemberKill | Kind::LeaderKill => {
+                    tokio::task::block_in_place(|| self.restart_members())
+                        .map_err(|e| err(format!("an etcd member did not restart: {e}")))?;
+                }
                 Kind::EtcdDown => {
-                    tokio::task::block_in_place(|| self.etcd.start())
+                    tokio::task::block_in_place(|| self.etcd.start_all())
                         .map_err(|e| err(format!("etcd did not restart: {e}")))?;
                     // Registrations come back once etcd does.
                     self.wait_for_registrations(Duration::from_secs(20))
@@ -306,6 +416,7 @@ impl Harness {
                                 ))
                             })?;
                     }
+                    self.must_have(i);
                 }
             }
         }
@@ -315,6 +426,15 @@ impl Harness {
             let _ = worker.await;
         }
         let end = Instant::now();
+        let (samples, missing) = sampler.finish().await;
+        report.key_samples = samples;
+        report.key_samples_missing = missing.len() as u64;
+        if let Some(first) = missing.first() {
+            report.violations.push(format!(
+                "{} samples missed a live server's key; first: {first}",
+                missing.len()
+            ));
+        }
 
         // Every failure belongs to the last event before it.
         let failures = self.failures.lock().map(|f| f.clone()).unwrap_or_default();
@@ -336,6 +456,8 @@ impl Harness {
                 Kind::SigInt => report.failed_after_sigint += count,
                 Kind::SigKill => report.failed_after_sigkill += count,
                 Kind::EtcdDown => report.failed_while_etcd_down += count,
+                Kind::MemberKill => report.failed_after_member_kill += count,
+                Kind::LeaderKill => report.failed_after_leader_kill += count,
                 Kind::Start => {}
             }
             let offset = event.at.duration_since(events[0].at);
@@ -364,7 +486,7 @@ impl Harness {
     }
 
     async fn client(&self) -> Result<Balancer, Error> {
-        let resolution = resolver::Resolver::connect(&[self.etcd.endpoint()], None, self.prefix())
+        let resolution = resolver::Resolver::connect(&self.etcd.endpoints(), None, self.prefix())
             .await
             .map_err(|e| err(format!("resolver: {e}")))?
             .resolve();
@@ -408,7 +530,7 @@ impl Harness {
     }
 
     async fn start_server(&mut self, i: usize) -> Result<(), Error> {
-        let etcd = self.etcd.endpoint();
+        let etcd = self.etcd.endpoints().join(",");
         let env = self.env.clone();
         let server = &mut self.servers[i];
         let child = Command::new(&self.config.server_bin)
@@ -436,6 +558,11 @@ impl Harness {
     }
 
     async fn signal_server(&mut self, i: usize, signal: &str) -> Result<(), Error> {
+        // Its key may go from now on.
+        let key = format!("{}/{}", self.prefix(), self.servers[i].addr);
+        if let Ok(mut must) = self.must.lock() {
+            must.remove(&key);
+        }
         let server = &mut self.servers[i];
         let Some(mut child) = server.child.take() else {
             return Ok(());
@@ -481,9 +608,10 @@ impl Harness {
     }
 
     async fn registered_keys(&self) -> Result<BTreeSet<String>, String> {
-        let mut client = etcd_client::Client::connect([self.etcd.endpoint()], None)
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut client = self
+            .etcd_client
+            .clone()
+            .ok_or_else(|| "no etcd client yet".to_owned())?;
         let prefix = format!("{}/", self.prefix());
         let response = client
             .get(
@@ -503,6 +631,122 @@ impl Harness {
             .collect())
     }
 
+    /// Server `i` is registered (a client sees it ready): its key must stay
+    /// in etcd until it is signalled.
+    fn must_have(&self, i: usize) {
+        let key = format!("{}/{}", self.prefix(), self.servers[i].addr);
+        if let Ok(mut must) = self.must.lock() {
+            must.insert(key);
+        }
+    }
+
+    /// Kills one member of the cluster: a follower, or the leader. `kind`
+    /// `EtcdDown` kills every member.
+    async fn kill_members(&mut self, kind: Kind, rng: &mut fastrand::Rng) -> Result<String, Error> {
+        let Etcd::Cluster(cluster) = &mut self.etcd else {
+            return Err(err("member events need a cluster"));
+        };
+        tokio::task::block_in_place(|| match kind {
+            Kind::EtcdDown => {
+                (0..cluster.len()).for_each(|i| cluster.kill(i));
+                Ok("kill every etcd member".to_owned())
+            }
+            Kind::LeaderKill => {
+                let leader = cluster
+                    .wait_for_leader(Duration::from_secs(10))
+                    .map_err(|e| err(e.to_string()))?;
+                cluster.kill(leader);
+                Ok(format!("kill etcd member {leader} (leader)"))
+            }
+            _ => {
+                let leader = cluster.leader();
+                let followers: Vec<usize> = (0..cluster.len())
+                    .filter(|&i| Some(i) != leader && cluster.is_running(i))
+                    .collect();
+                let Some(&member) = followers.get(rng.usize(0..followers.len().max(1))) else {
+                    return Err(err("no follower to kill"));
+                };
+                cluster.kill(member);
+                Ok(format!("kill etcd member {member} (follower)"))
+            }
+        })
+    }
+
+    /// Restarts every member that is down and waits until each is healthy.
+    fn restart_members(&mut self) -> Result<(), etcd_provision::Error> {
+        let Etcd::Cluster(cluster) = &mut self.etcd else {
+            return Ok(());
+        };
+        for i in 0..cluster.len() {
+            if !cluster.is_running(i) {
+                cluster.restart(i)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every 100 ms, reads the prefix (serializable: any live member
+    /// answers) and records each sample that lacks a key that had to be
+    /// there for the whole read.
+    fn spawn_sampler(&self) -> Sampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let samples = Arc::new(AtomicU64::new(0));
+        let missing = Arc::new(Mutex::new(Vec::new()));
+        let (client, must, prefix) = (
+            self.etcd_client.clone(),
+            self.must.clone(),
+            format!("{}/", self.prefix()),
+        );
+        let task = tokio::spawn({
+            let (stop, samples, missing) = (stop.clone(), samples.clone(), missing.clone());
+            async move {
+                let Some(mut client) = client else { return };
+                let must_now = || must.lock().map(|m| m.clone()).unwrap_or_default();
+                let started = Instant::now();
+                let mut tick = tokio::time::interval(Duration::from_millis(100));
+                while !stop.load(Ordering::Relaxed) {
+                    tick.tick().await;
+                    let before = must_now();
+                    let options = etcd_client::GetOptions::new()
+                        .with_prefix()
+                        .with_keys_only()
+                        .with_serializable();
+                    let read = timeout(
+                        Duration::from_millis(500),
+                        client.get(prefix.as_str(), Some(options)),
+                    )
+                    .await;
+                    let Ok(Ok(response)) = read else { continue };
+                    let after = must_now();
+                    samples.fetch_add(1, Ordering::Relaxed);
+                    let keys: BTreeSet<String> = response
+                        .kvs()
+                        .iter()
+                        .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+                        .collect();
+                    let lacking: Vec<&String> = before
+                        .intersection(&after)
+                        .filter(|k| !keys.contains(*k))
+                        .collect();
+                    if !lacking.is_empty()
+                        && let Ok(mut m) = missing.lock()
+                    {
+                        m.push(format!(
+                            "at {:.1}s: {lacking:?}",
+                            started.elapsed().as_secs_f64()
+                        ));
+                    }
+                }
+            }
+        });
+        Sampler {
+            stop,
+            samples,
+            missing,
+            task,
+        }
+    }
+
     async fn stop_all(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         for i in 0..self.servers.len() {
@@ -510,6 +754,23 @@ impl Harness {
                 tracing::warn!(server = %self.servers[i].id, "killed after failing to stop");
             }
         }
+    }
+}
+
+/// The key sampler's task and what it counted.
+struct Sampler {
+    stop: Arc<AtomicBool>,
+    samples: Arc<AtomicU64>,
+    missing: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Sampler {
+    async fn finish(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        let missing = self.missing.lock().map(|m| m.clone()).unwrap_or_default();
+        (self.samples.load(Ordering::Relaxed), missing)
     }
 }
 

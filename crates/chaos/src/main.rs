@@ -22,6 +22,10 @@ struct Args {
     /// The etcd binary (default: ETCD_BIN, else etcd on PATH).
     #[arg(long)]
     etcd_bin: Option<PathBuf>,
+    /// etcd members: 1 (one etcd, killed whole) or a local cluster of 3 or
+    /// more whose members and leader are killed one at a time.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=7))]
+    members: u64,
 }
 
 fn main() -> ExitCode {
@@ -47,12 +51,13 @@ fn main() -> ExitCode {
     });
     let mut config = chaos::Config::new(server_bin, etcd_bin);
     config.duration = args.duration;
+    config.members = args.members as usize;
     if let Some(seed) = args.seed {
         config.seed = seed;
     }
     eprintln!(
-        "chaos: {} servers, {} concurrent calls, {:?} of faults, seed {}",
-        config.servers, config.concurrency, config.duration, config.seed
+        "chaos: {} servers, {} concurrent calls, {} etcd member(s), {:?} of faults, seed {}",
+        config.servers, config.concurrency, config.members, config.duration, config.seed
     );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -7,6 +7,8 @@
 //!   etcd, per-instance first/last answer times, error timestamps).
 //! - [`serve`]: an echo host on many loopback ports in one process.
 //! - [`scale`]: fill an etcd prefix and time the resolver listing it.
+//! - [`watchers`]: many resolvers of one prefix in one process while
+//!   registrations churn: propagation to each and to all, memory, CPU.
 //!
 //! Every result is one JSON line on stdout, for the harness to read.
 //!
@@ -37,3 +39,4 @@
 pub mod load;
 pub mod scale;
 pub mod serve;
+pub mod watchers;

@@ -95,6 +95,23 @@ enum Cmd {
         #[arg(long)]
         clear: bool,
     },
+    /// Many resolvers of one prefix while registrations churn.
+    Watchers {
+        #[arg(long = "etcd", required = true, value_delimiter = ',')]
+        etcd: Vec<String>,
+        #[arg(long)]
+        prefix: String,
+        #[arg(long, default_value_t = 1000)]
+        watchers: usize,
+        /// Puts per second.
+        #[arg(long, default_value_t = 50)]
+        rate: u32,
+        /// Keys kept under the prefix.
+        #[arg(long, default_value_t = 100)]
+        live: usize,
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+    },
 }
 
 fn parse_server(s: &str) -> Result<(String, String), String> {
@@ -221,6 +238,26 @@ async fn run(cmd: Cmd) -> Result<(), String> {
             count,
         } => {
             println!("{}", loadgen::scale::fill(&etcd, &prefix, count).await?);
+            Ok(())
+        }
+        Cmd::Watchers {
+            etcd,
+            prefix,
+            watchers,
+            rate,
+            live,
+            duration,
+        } => {
+            let result = loadgen::watchers::run(loadgen::watchers::Config {
+                etcd,
+                prefix,
+                watchers,
+                rate,
+                live,
+                duration,
+            })
+            .await?;
+            println!("{result}");
             Ok(())
         }
         Cmd::Resolve {
