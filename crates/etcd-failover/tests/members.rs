@@ -61,6 +61,9 @@ async fn requests_go_to_live_members_and_errors_name_them() {
     for i in 0..3 {
         cluster.kill(i);
     }
+    // As above: a request written before the deaths are noticed may have
+    // been sent, and fails naming its member instead.
+    connected.members.wait_for(|ready| ready == 0).await;
     let error = client
         .get(format!("{prefix}/a"), None)
         .await
