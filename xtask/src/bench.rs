@@ -2,10 +2,12 @@
 //! channel and tonic's `balance_channel`, pick cost, discovery propagation,
 //! failover and scale, and the cost of the `:authority` adapter
 //! (`bench/authority.rs`), with real `echo-server` processes and one load
-//! generator (`loadgen`) for every configuration.
+//! generator (`loadgen`) for every configuration; and the Go stack (the Go
+//! peer's client and servers) side by side with ours, crossed both ways
+//! (`bench/go_stack.rs`).
 //!
 //! Results: a table on stdout, `target/bench/results.json` (the keys of
-//! issue 8, nothing else), `target/bench/details.json` (everything measured),
+//! issue 8, and `go_stack` of issue 16), `target/bench/details.json` (everything measured),
 //! process logs in `target/bench/logs/`. Ratios are the claims: the machine is
 //! shared and noisy.
 
@@ -26,6 +28,7 @@ use crate::{Result, cargo, ensure_protoc, provision_etcd, workspace_root};
 
 pub(crate) mod authority;
 mod watchers;
+mod go_stack;
 
 /// CPU of the load generator and CPU of the servers when pinning works.
 const CLIENT_CPU: &str = "0";
@@ -80,7 +83,16 @@ pub(crate) fn run(quick: bool, interrupt: &Receiver<()>) -> Result<ExitCode> {
     let protoc = ensure_protoc()?;
     eprintln!("xtask bench: building echo-server, loadgen and the pick benchmark (release)");
     let status = cargo()
-        .args(["build", "--release", "-p", "echo-server", "-p", "loadgen"])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "echo-server",
+            "-p",
+            "echo-client",
+            "-p",
+            "loadgen",
+        ])
         .env("PROTOC", &protoc)
         .status()?;
     if !status.success() {
@@ -140,6 +152,7 @@ pub(crate) fn run(quick: bool, interrupt: &Receiver<()>) -> Result<ExitCode> {
     details["failover"] = timed("failover", bench.failover(&plan)?);
     details["scale"] = timed("scale", bench.scale(&plan)?);
     details["watchers"] = timed("watchers", watchers::run(&mut bench, &plan)?);
+    details["go_stack"] = timed("go_stack", bench.go_stack(&plan)?);
     details["done_at_s"] = sections;
     details["elapsed_s"] = json!(measuring.elapsed().as_secs());
     details["loadavg_before"] = json!(loadavg_before);
@@ -683,7 +696,7 @@ impl Bench<'_> {
     }
 }
 
-/// The keys of issue 8, and only those.
+/// The keys of issue 8 and, under `go_stack`, of issue 16; nothing else.
 fn results(d: &Value) -> Value {
     let tp = |mode: &str| {
         let r = &d["throughput"][format!("{mode}@32")];
@@ -722,6 +735,7 @@ fn results(d: &Value) -> Value {
             "resolve_10k_ms": d["scale"]["resolve_10k_ms"],
             "client_rss_mib_1k": d["scale"]["client_rss_mib_1k"],
         },
+        "go_stack": go_stack::results(&d["go_stack"]),
     })
 }
 
@@ -844,6 +858,7 @@ fn print_table(d: &Value) {
         num(&s["client_rss_mib_1k"])
     );
     watchers::print(&d["watchers"]);
+    go_stack::print(&d["go_stack"]);
     println!(
         "\nmeasuring took {} s (sections done at {}), after {} s of build; load average before {}, after {}",
         d["elapsed_s"], d["done_at_s"], d["build_s"], d["loadavg_before"], d["loadavg_after"]
