@@ -81,7 +81,9 @@ pub(crate) fn run(quick: bool, interrupt: &Receiver<()>) -> Result<ExitCode> {
     let plan = Plan::new(quick);
     let started = Instant::now();
     let protoc = ensure_protoc()?;
-    eprintln!("xtask bench: building echo-server, loadgen and the pick benchmark (release)");
+    eprintln!(
+        "xtask bench: building echo-server, echo-client, loadgen and the pick benchmark (release)"
+    );
     let status = cargo()
         .args([
             "build",
