@@ -154,7 +154,17 @@ pub(crate) fn run(quick: bool, interrupt: &Receiver<()>) -> Result<ExitCode> {
     details["failover"] = timed("failover", bench.failover(&plan)?);
     details["scale"] = timed("scale", bench.scale(&plan)?);
     details["watchers"] = timed("watchers", watchers::run(&mut bench, &plan)?);
-    details["go_stack"] = timed("go_stack", bench.go_stack(&plan)?);
+    // A Go-stack failure is reported with the other sections' results
+    // rather than losing them.
+    let go_stack = match bench.go_stack(&plan) {
+        Ok(v) => v,
+        Err(e) if e.to_string() == "interrupted" => return Err(e),
+        Err(e) => {
+            eprintln!("xtask bench: Go stack failed: {e}");
+            json!({"error": e.to_string()})
+        }
+    };
+    details["go_stack"] = timed("go_stack", go_stack);
     details["done_at_s"] = sections;
     details["elapsed_s"] = json!(measuring.elapsed().as_secs());
     details["loadavg_before"] = json!(loadavg_before);
