@@ -27,8 +27,8 @@ use serde_json::{Value, json};
 use crate::{Result, cargo, ensure_protoc, provision_etcd, workspace_root};
 
 pub(crate) mod authority;
-mod watchers;
 mod go_stack;
+mod watchers;
 
 /// CPU of the load generator and CPU of the servers when pinning works.
 const CLIENT_CPU: &str = "0";
