@@ -19,6 +19,8 @@ use crate::state::{EndpointShared, Outcome};
 /// [`Call::start`] until [`Call::finish`] or its drop, whichever is first.
 pub(crate) struct Call {
     shared: Option<Arc<EndpointShared>>,
+    /// For `grpc.client.attempt.duration`.
+    started: std::time::Instant,
     /// The status of a trailers-only response (in its headers).
     status: Option<Code>,
 }
@@ -28,6 +30,7 @@ impl Call {
         shared.signals.started();
         Self {
             shared: Some(shared),
+            started: std::time::Instant::now(),
             status: None,
         }
     }
@@ -40,6 +43,7 @@ impl Call {
         if let Some(shared) = self.shared.take() {
             shared.signals.ended();
             shared.record(outcome);
+            shared.metrics.attempt(outcome, self.started.elapsed());
         }
     }
 }

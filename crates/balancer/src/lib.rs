@@ -80,6 +80,7 @@ mod config;
 mod connection;
 mod health;
 mod least_request;
+mod metrics;
 mod outlier;
 pub mod policy;
 mod probe;

@@ -26,6 +26,7 @@ use crate::{
     BackoffConfig, EndpointConfig, Fallback, Policy, ResponseBody, Sticky,
     body::Call,
     config::Config,
+    metrics::Metrics,
     policy::{PickRequest, PolicyHandle, ReadyEndpoint},
     replay::{self, Prepared, SendBody},
     set::{Owner, Slot, Snapshot},
@@ -62,6 +63,7 @@ pub(crate) struct Shared {
     sticky_fallbacks: AtomicU64,
     retries: AtomicU64,
     pub(crate) ejections: AtomicU64,
+    pub(crate) metrics: Metrics,
 }
 
 /// Builds a [`Balancer`]; every setting has a default (see each method).
@@ -182,6 +184,7 @@ impl Builder {
         S: Stream<Item = Change> + Send + 'static,
     {
         let (changed, _) = watch::channel(0);
+        let metrics = Metrics::new(&self.config.name);
         let shared = Arc::new(Shared {
             config: self.config,
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
@@ -189,6 +192,7 @@ impl Builder {
             sticky_fallbacks: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             ejections: AtomicU64::new(0),
+            metrics,
         });
         let (shutdown_tx, shutdown_rx) = oneshot::channel();
         tokio::spawn(Owner::new(shared.clone()).run(discovery, shutdown_rx));
@@ -403,6 +407,7 @@ impl Shared {
                 return Err(Status::internal("request body lost between attempts").into());
             };
             endpoint.shared.picks.fetch_add(1, Ordering::Relaxed);
+            endpoint.shared.metrics.picks.increment(1);
             let mut request = resend(&head, attempt);
             set_origin(&mut request, self.scheme(), &endpoint.shared.authority)?;
             let ReadyEndpoint { shared, mut sender } = endpoint;
@@ -417,6 +422,7 @@ impl Shared {
             };
             call.finish(Outcome::Transport);
             shared.failures.fetch_add(1, Ordering::Relaxed);
+            shared.metrics.failures.increment(1);
             // Either hyper never wrote it (the request comes back whole), or
             // the server refused it unprocessed (GOAWAY / REFUSED_STREAM) and
             // the body is kept: both are safe to send elsewhere.
@@ -442,6 +448,7 @@ impl Shared {
             }
             retries += 1;
             self.retries.fetch_add(1, Ordering::Relaxed);
+            self.metrics.retries.increment(1);
             tracing::debug!(
                 endpoint = %shared.endpoint,
                 error = %error,
@@ -568,6 +575,7 @@ impl Shared {
                 Fallback::RoundRobin => {
                     if let Some(endpoint) = policy_pick(snapshot, request) {
                         self.sticky_fallbacks.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.sticky_fallbacks.increment(1);
                         tracing::debug!(
                             instance = sticky.id(),
                             endpoint = %endpoint.shared.endpoint,

@@ -203,6 +203,9 @@ impl Owner {
             }
         }
         tracing::debug!(balancer = %self.shared.config.name, "balancer dropped; closing connections");
+        for managed in self.endpoints.values() {
+            self.shared.metrics.removed(managed.state);
+        }
     }
 
     /// Publishing costs O(endpoints); while thousands of connections come up
@@ -248,7 +251,8 @@ impl Owner {
             self.shared.config.outlier.as_ref(),
             self.outlier_wake.clone(),
         );
-        let shared = match EndpointShared::new(key.clone(), endpoint.clone(), counters) {
+        let metrics = self.shared.metrics.endpoint(endpoint.addr());
+        let shared = match EndpointShared::new(key.clone(), endpoint.clone(), counters, metrics) {
             Ok(shared) => shared,
             Err(e) => {
                 tracing::warn!(key = %key, endpoint = %endpoint, error = %e, "endpoint address is not a valid authority; ignored");
@@ -281,11 +285,15 @@ impl Owner {
             times_ejected: 0,
             task,
         };
-        self.endpoints.insert(key, managed);
+        self.shared.metrics.added();
+        if let Some(replaced) = self.endpoints.insert(key, managed) {
+            self.shared.metrics.removed(replaced.state);
+        }
     }
 
     fn remove(&mut self, key: &str) {
         if let Some(gone) = self.endpoints.remove(key) {
+            self.shared.metrics.removed(gone.state);
             tracing::info!(
                 balancer = %self.shared.config.name,
                 key = %key,
@@ -308,6 +316,9 @@ impl Owner {
         managed.state = event.state;
         managed.sender = event.sender;
         managed.shared.set_state(event.state);
+        self.shared
+            .metrics
+            .transition(from, event.state, event.error.as_deref());
         if excluded_before != managed.conn_excluded {
             managed.shared.set_excluded(managed.exclusions());
         }
@@ -401,6 +412,7 @@ impl Owner {
         self.shared
             .ejections
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.shared.metrics.ejections.increment(1);
         self.dirty = true;
         true
     }

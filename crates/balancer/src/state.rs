@@ -11,7 +11,7 @@ use std::{
 
 use discover::Endpoint;
 
-use crate::{ServedBy, Signals};
+use crate::{ServedBy, Signals, metrics::EndpointMetrics};
 
 /// gRPC connectivity state of one endpoint's connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -195,6 +195,8 @@ pub(crate) struct EndpointShared {
     excluded: Mutex<Vec<Exclusion>>,
     /// Call counts for outlier ejection.
     pub(crate) outlier: crate::outlier::Counters,
+    /// Its metric handles, registered once.
+    pub(crate) metrics: EndpointMetrics,
 }
 
 impl EndpointShared {
@@ -202,6 +204,7 @@ impl EndpointShared {
         key: String,
         endpoint: Endpoint,
         outlier: crate::outlier::Counters,
+        metrics: EndpointMetrics,
     ) -> Result<Arc<Self>, http::uri::InvalidUri> {
         let authority = endpoint.addr().parse()?;
         let instance = endpoint.instance_id().map(Arc::from);
@@ -218,6 +221,7 @@ impl EndpointShared {
             signals: Signals::default(),
             excluded: Mutex::new(Vec::new()),
             outlier,
+            metrics,
         }))
     }
 

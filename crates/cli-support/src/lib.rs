@@ -1,6 +1,7 @@
 //! What the `echo-server` and `echo-client` command lines share: value
 //! parsers for clap (durations, etcd URLs, PEM files, key segments), usage
-//! errors printed as one line with exit code 2, and the logging setup.
+//! errors printed as one line with exit code 2, the logging setup, and the
+//! Prometheus endpoint of `--metrics` ([`serve_metrics`]).
 //!
 //! One job: keep the two binaries' flags behaving and failing alike. Must
 //! not depend on etcd, tonic or the other crates of this workspace.
@@ -109,6 +110,46 @@ pub fn init_logging() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+}
+
+/// `grpc.client.attempt.duration` buckets in seconds: gRFC A66's latency
+/// boundaries.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0, 0.00001, 0.00005, 0.0001, 0.0003, 0.0006, 0.0008, 0.001, 0.002, 0.003, 0.004, 0.005,
+    0.006, 0.008, 0.01, 0.013, 0.016, 0.02, 0.025, 0.03, 0.04, 0.05, 0.065, 0.08, 0.1, 0.13, 0.16,
+    0.2, 0.25, 0.3, 0.4, 0.5, 0.65, 0.8, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0,
+];
+
+/// Installs the Prometheus exporter as the `metrics` recorder and serves the
+/// text format on `addr` (`GET /metrics`, any path but `/health`), on the
+/// current tokio runtime. The libraries only record through the `metrics`
+/// facade; this is where a program picks the exporter. Fails (one line)
+/// when `addr` cannot be bound or a recorder is already installed.
+pub fn serve_metrics(addr: std::net::SocketAddr) -> Result<(), String> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(
+            Matcher::Full("grpc.client.attempt.duration".into()),
+            LATENCY_BUCKETS,
+        )
+        .and_then(PrometheusBuilder::install)
+        .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
+    tracing::info!("metrics on http://{addr}/metrics");
+    Ok(())
+}
+
+/// A socket address, `127.0.0.1:9100` or `[::1]:9100`: what `--metrics`
+/// takes.
+///
+/// ```
+/// assert!(cli_support::socket_addr("127.0.0.1:9100").is_ok());
+/// assert!(cli_support::socket_addr("localhost").is_err());
+/// ```
+pub fn socket_addr(s: &str) -> Result<std::net::SocketAddr, String> {
+    s.trim().parse().map_err(|_| {
+        "expected an IP address and a port, such as 127.0.0.1:9100 or [::1]:9100".into()
+    })
 }
 
 /// Prints a clap error as one line on stderr (help and version as they are)

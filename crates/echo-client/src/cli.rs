@@ -41,6 +41,9 @@ use crate::{Config, DEFAULT_ETCD_ENDPOINT, Lb};
     long_about = None
 )]
 pub struct Args {
+    /// Serve Prometheus metrics at http://ADDR/metrics while running.
+    #[arg(long, value_name = "ADDR", value_parser = cli_support::socket_addr)]
+    pub metrics: Option<std::net::SocketAddr>,
     /// Pin every call to this instance id (sticky).
     #[arg(long, value_parser = non_empty)]
     pub id: Option<String>,

@@ -25,6 +25,12 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> ExitCode {
+    if let Some(addr) = args.metrics
+        && let Err(e) = cli_support::serve_metrics(addr)
+    {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let client = match Client::connect(args.config()).await {
         Ok(client) => client,
         Err(e) => {

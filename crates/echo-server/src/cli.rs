@@ -73,6 +73,9 @@ pub struct Args {
     /// detected address of this host, never the wildcard.
     #[arg(long, value_name = "HOST[:PORT]", value_parser = advertise)]
     pub advertise: Option<Advertise>,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR", value_parser = cli_support::socket_addr)]
+    pub metrics: Option<SocketAddr>,
     /// Lease TTL: how long the key outlives a crashed server (at least 2s).
     #[arg(long, default_value = "60s", value_parser = ttl)]
     pub ttl: Duration,

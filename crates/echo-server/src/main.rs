@@ -31,6 +31,12 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        if let Some(addr) = args.metrics
+            && let Err(e) = cli_support::serve_metrics(addr)
+        {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
         match echo_server::run(args.into_config(), shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -181,6 +181,9 @@ fn spawn(
         stale_lease: None,
         members,
     };
+    record_state(&key, State::Registered);
+    // Registered now, so the family shows 0 before the first loss.
+    metrics::counter!("registry.reregistrations", "key" => key.clone()).absolute(0);
     tokio::spawn(task.run(session));
     Registered::new(key, commands_tx, state_rx)
 }
@@ -369,6 +372,7 @@ impl Task {
             changed
         });
         if changed {
+            record_state(&self.key, state);
             match state {
                 State::Registered => info!(key = %self.key, state = ?state, "registration state"),
                 State::Reconnecting => warn!(key = %self.key, state = ?state, "registration state"),
@@ -687,6 +691,8 @@ impl Task {
                         elapsed_ms = lost_at.elapsed().as_millis() as u64,
                         "re-registered"
                     );
+                    metrics::counter!("registry.reregistrations", "key" => self.key.clone())
+                        .increment(1);
                     if let Some(old) = self.stale_lease.take()
                         && old != session.lease
                     {
@@ -785,5 +791,18 @@ impl Task {
             "Registered dropped without deregister(): keepalive stopped, the key expires with its lease"
         );
         self.set_state(State::Stopped);
+    }
+}
+
+/// `registry.state{key, state}`: 1 for the current state, 0 for the others
+/// (see `docs/metrics.md`).
+fn record_state(key: &str, current: State) {
+    for (state, name) in [
+        (State::Registered, "registered"),
+        (State::Reconnecting, "reconnecting"),
+        (State::Stopped, "stopped"),
+    ] {
+        metrics::gauge!("registry.state", "key" => key.to_owned(), "state" => name)
+            .set(if state == current { 1.0 } else { 0.0 });
     }
 }

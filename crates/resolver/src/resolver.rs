@@ -152,6 +152,10 @@ impl Resolver {
 
         let started = Instant::now();
         let mut failures = 0u32;
+        for reason in RELIST_REASONS {
+            // Every reason shows 0 before the first relist.
+            metrics::counter!("resolver.relists", "prefix" => self.key_prefix.trim_end_matches('/').to_owned(), "reason" => reason).absolute(0);
+        }
         // Since when, and why, the set has not been followed.
         let mut outage: Option<(Instant, String)> = None;
         // The revision up to which every event was applied, when the last
@@ -172,6 +176,9 @@ impl Resolver {
                         shared.set_health(Health::Following);
                         let (reason, next) = self.follow(watch, revision, &shared).await;
                         log_loss(&reason, next);
+                        if next.is_none() {
+                            relisted(&self.key_prefix, relist_reason(&reason));
+                        }
                         resume = next;
                         outage = Some((Instant::now(), reason));
                         continue;
@@ -180,6 +187,7 @@ impl Resolver {
                         // E.g. compacted meanwhile, or no member reachable:
                         // list again (diffed, so the set stays exact).
                         debug!(%error, revision, "cannot resume the watch; listing again");
+                        relisted(&self.key_prefix, "resume_failed");
                     }
                 }
             }
@@ -205,6 +213,9 @@ impl Resolver {
                     shared.set_health(Health::Following);
                     let (reason, next) = self.follow(watch, revision, &shared).await;
                     log_loss(&reason, next);
+                    if next.is_none() {
+                        relisted(&self.key_prefix, relist_reason(&reason));
+                    }
                     resume = next;
                     outage = Some((Instant::now(), reason));
                 }
@@ -449,6 +460,33 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     }
     // All 0xff: to the end of the keyspace.
     vec![0]
+}
+
+/// `resolver.relists{prefix, reason}` (see `docs/metrics.md`).
+fn relisted(key_prefix: &str, reason: &'static str) {
+    let prefix = key_prefix.trim_end_matches('/').to_owned();
+    metrics::counter!("resolver.relists", "prefix" => prefix, "reason" => reason).increment(1);
+}
+
+const RELIST_REASONS: [&str; 5] = [
+    "compacted",
+    "canceled",
+    "stream_ended",
+    "stream_error",
+    "resume_failed",
+];
+
+/// The reason label of a relist, from why the watch stopped.
+fn relist_reason(why: &str) -> &'static str {
+    if why.contains("compacted") {
+        "compacted"
+    } else if why.starts_with("watch canceled") {
+        "canceled"
+    } else if why.starts_with("watch stream ended") {
+        "stream_ended"
+    } else {
+        "stream_error"
+    }
 }
 
 #[cfg(test)]

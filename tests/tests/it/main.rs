@@ -5,6 +5,7 @@ mod cluster;
 mod echo;
 mod etcd;
 mod interop;
+mod metrics;
 mod policies;
 mod security;
 mod server;
