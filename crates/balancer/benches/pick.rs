@@ -1,6 +1,9 @@
-//! Pick cost (choosing the endpoint: snapshot load, counter, index; what
-//! `Balancer::pick_with` does): round robin at 1 to 10 000 READY endpoints and sticky at 1 000,
-//! single-threaded and with 2 threads contending on one balancer.
+//! Pick cost (choosing the endpoint: snapshot load, the policy's picker,
+//! index; what `Balancer::pick_with` does): round robin at 1 to 10 000 READY
+//! endpoints and sticky at 1 000, single-threaded and with 2 threads
+//! contending on one balancer; least request (`lr`) and ring hash (`rh`, a
+//! key per request) at 1, 1 000 and 10 000; the ring's build time
+//! (`ring_build`) at 1 000 and 10 000.
 //!
 //! Every endpoint is a real HTTP/2 connection made by the balancer itself,
 //! so the snapshot, its `Vec` of READY entries and the per-endpoint handles
@@ -19,7 +22,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use balancer::{Balancer, Change, Endpoint, Sticky};
+use balancer::{
+    Balancer, Change, Endpoint, HashKey, LeastRequest, Policy, RingHash, RoundRobin, Sticky,
+};
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion};
@@ -31,6 +36,8 @@ use futures::{Stream, StreamExt as _, stream};
 use tonic::{Request, Response, Status, Streaming};
 
 const SIZES: [usize; 5] = [1, 10, 100, 1_000, 10_000];
+/// Sizes at which every policy's pick is measured.
+const POLICY_SIZES: [usize; 3] = [1, 1_000, 10_000];
 const SERVER_PORTS: usize = 16;
 
 fn main() {
@@ -50,7 +57,7 @@ fn main() {
         .configure_from_args();
     let mut group = c.benchmark_group("pick");
     for n in SIZES {
-        let balancer = runtime.block_on(connect(&server.addrs, n));
+        let balancer = runtime.block_on(connect(&server.addrs, n, RoundRobin));
         group.bench_with_input(BenchmarkId::new("rr", n), &n, |b, _| {
             b.iter(|| black_box(balancer.pick_with(None, |e| e.addr().len())))
         });
@@ -78,8 +85,39 @@ fn main() {
                 })
             });
         }
+        if n == 10_000 || n == 1_000 {
+            // The ring over READY endpoints, as the owner task builds it.
+            let ready = balancer.ready_endpoints();
+            group.bench_with_input(BenchmarkId::new("ring_build", n), &n, |b, _| {
+                b.iter(|| black_box(RingHash::new().build(&ready)))
+            });
+        }
         // Close this size's connections before opening the next size's.
         runtime.block_on(async move { drop(balancer) });
+        if POLICY_SIZES.contains(&n) {
+            let lr = runtime.block_on(connect(&server.addrs, n, LeastRequest::new()));
+            group.bench_with_input(BenchmarkId::new("lr", n), &n, |b, _| {
+                b.iter(|| black_box(lr.pick_with(None, |e| e.addr().len())))
+            });
+            runtime.block_on(async move { drop(lr) });
+            let rh = runtime.block_on(connect(&server.addrs, n, RingHash::new()));
+            // Requests with a key each, as a caller would send them.
+            let heads: Vec<http::request::Parts> = (0..1024)
+                .map(|i| {
+                    let (mut head, ()) = http::Request::new(()).into_parts();
+                    head.extensions.insert(HashKey::new(format!("player-{i}")));
+                    head
+                })
+                .collect();
+            group.bench_with_input(BenchmarkId::new("rh", n), &n, |b, _| {
+                let mut i = 0usize;
+                b.iter(|| {
+                    i = (i + 1) % heads.len();
+                    black_box(rh.pick_for(&heads[i], |e| e.addr().len()))
+                })
+            });
+            runtime.block_on(async move { drop(rh) });
+        }
     }
     group.finish();
     c.final_summary();
@@ -109,8 +147,8 @@ fn contended(
     })
 }
 
-/// A balancer over `n` endpoints, all READY.
-async fn connect(addrs: &[String], n: usize) -> Balancer {
+/// A balancer with `policy` over `n` endpoints, all READY.
+async fn connect(addrs: &[String], n: usize, policy: impl Policy) -> Balancer {
     let changes: Vec<Change> = (0..n)
         .map(|i| {
             let addr = &addrs[i % addrs.len()];
@@ -122,6 +160,7 @@ async fn connect(addrs: &[String], n: usize) -> Balancer {
         .collect();
     let balancer = Balancer::builder()
         .name("bench")
+        .policy(policy)
         .build(stream::iter(changes).chain(stream::pending()));
     let started = Instant::now();
     // Poll rather than `wait_for_ready`, which lists (and sorts) every
