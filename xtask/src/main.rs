@@ -42,6 +42,10 @@ enum Cmd {
         /// does.
         #[arg(long, default_value_t = 1)]
         members: usize,
+        /// With --members: etcd's default election timing (heartbeat
+        /// 100 ms, election 1 s) instead of the fast test timing (10/100 ms).
+        #[arg(long, requires = "members")]
+        default_elections: bool,
     },
     /// Check fmt and clippy, provision etcd and run every test of the
     /// workspace against it.
@@ -93,7 +97,10 @@ fn main() -> ExitCode {
         eprintln!("xtask: cannot install a Ctrl-C handler: {e}");
     }
     let result = match cli.command {
-        Cmd::Etcd { members } => run_etcd(members, &interrupt_rx),
+        Cmd::Etcd {
+            members,
+            default_elections,
+        } => run_etcd(members, default_elections, &interrupt_rx),
         Cmd::Test { args } => run_tests(&args),
         Cmd::Demo => demo::run(&interrupt_rx),
         Cmd::Chaos {
@@ -119,10 +126,19 @@ fn main() -> ExitCode {
 
 type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
 
-fn run_etcd(members: usize, interrupt: &mpsc::Receiver<()>) -> Result<ExitCode> {
+fn run_etcd(
+    members: usize,
+    default_elections: bool,
+    interrupt: &mpsc::Receiver<()>,
+) -> Result<ExitCode> {
     if members > 1 {
         eprintln!("xtask: starting a {members}-member etcd cluster");
-        let cluster = etcd_provision::Cluster::start_default(members)?;
+        let cluster = if default_elections {
+            let bin = etcd_provision::find_etcd_binary().ok_or(etcd_provision::HOW_TO_GET_ETCD)?;
+            etcd_provision::Cluster::start_with_timing(&bin, members, (100, 1000))?
+        } else {
+            etcd_provision::Cluster::start_default(members)?
+        };
         let leader = cluster.wait_for_leader(std::time::Duration::from_secs(10))?;
         println!("ETCD_ENDPOINTS={}", cluster.endpoints().join(","));
         eprintln!(

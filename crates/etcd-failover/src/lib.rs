@@ -220,6 +220,12 @@ pub async fn connect<E: AsRef<str>>(
         keep_alive_interval: Some(Duration::from_secs(10)),
         keep_alive_timeout: Duration::from_secs(5),
         tls,
+        // Off: an etcd connection carries long-lived watch and keepalive
+        // streams that are silent while nothing changes, which freeze
+        // detection takes for stalled calls (measured: with 1 000 watches
+        // every member was "suspected frozen" and puts failed). HTTP/2
+        // keepalive above and require-leader cover a dead or cut-off member.
+        freeze_detection: None,
         ..EndpointConfig::default()
     };
     let balancer = Balancer::builder()
@@ -227,6 +233,10 @@ pub async fn connect<E: AsRef<str>>(
         .endpoint_config(config)
         .ready_timeout(connect_timeout)
         .max_retries(urls.len().max(3))
+        // Off: etcd's own errors during an election ("no leader", "request
+        // timed out") would eject healthy members; the registry and the
+        // resolver retry those themselves.
+        .outlier_detection(None)
         .build(futures::stream::iter(changes));
     let channel = channel(balancer.clone());
     let client = Client::from_channel(Channel::Custom(channel), Some(options)).await?;

@@ -34,6 +34,10 @@ use crate::{
     free_port, health, last_line, sweep_stale_dirs,
 };
 
+/// Heartbeat and election timeout (ms) for tests: a new leader within a few
+/// hundred milliseconds.
+const FAST_TIMING: (u64, u64) = (10, 100);
+
 /// One member's fixed identity: its name, ports and data dir survive
 /// restarts.
 #[derive(Debug)]
@@ -63,6 +67,8 @@ impl Member {
 #[derive(Debug)]
 pub struct Cluster {
     bin: PathBuf,
+    /// `--heartbeat-interval` and `--election-timeout`, in ms.
+    timing: (u64, u64),
     dir: tempfile::TempDir,
     members: Vec<Member>,
     spawner: Spawner,
@@ -72,6 +78,19 @@ impl Cluster {
     /// Starts `members` members of `bin` on free ports and waits until every
     /// one is healthy (the cluster has a leader).
     pub fn start(bin: &Path, members: usize) -> Result<Self, Error> {
+        Self::start_with_timing(bin, members, FAST_TIMING)
+    }
+
+    /// Like [`start`](Self::start) with etcd's `--heartbeat-interval` and
+    /// `--election-timeout` (ms) instead of the fast ones. On a loaded
+    /// machine the fast settings make a member that misses a few heartbeats
+    /// call elections; etcd's defaults, `(100, 1000)`, do not.
+    pub fn start_with_timing(
+        bin: &Path,
+        members: usize,
+        (heartbeat_ms, election_ms): (u64, u64),
+    ) -> Result<Self, Error> {
+        let timing = (heartbeat_ms, election_ms);
         if members == 0 {
             return Err(Error::new("a cluster needs at least one member"));
         }
@@ -81,7 +100,7 @@ impl Cluster {
         // Ports were free a moment ago; another process may take one before
         // etcd binds it, so try a few times with fresh ones.
         for _ in 0..3 {
-            match Self::try_start(bin, members, &parent) {
+            match Self::try_start(bin, members, &parent, timing) {
                 Ok(cluster) => return Ok(cluster),
                 Err(e) => last = Some(e),
             }
@@ -100,7 +119,7 @@ impl Cluster {
         Self::start(&bin, members)
     }
 
-    fn try_start(bin: &Path, n: usize, parent: &Path) -> Result<Self, Error> {
+    fn try_start(bin: &Path, n: usize, parent: &Path, timing: (u64, u64)) -> Result<Self, Error> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("{DIR_PREFIX}{}-cluster-", std::process::id()))
             .tempdir_in(parent)
@@ -116,6 +135,7 @@ impl Cluster {
         }
         let mut cluster = Self {
             bin: bin.to_path_buf(),
+            timing,
             dir,
             members,
             spawner: Spawner::new()?,
@@ -179,7 +199,10 @@ impl Cluster {
             .arg("--initial-cluster-token")
             .arg(format!("etcd-provision-{}", self.members[0].peer_port))
             // Fast elections: a new leader within a few hundred ms.
-            .args(["--heartbeat-interval", "10", "--election-timeout", "100"])
+            .arg("--heartbeat-interval")
+            .arg(self.timing.0.to_string())
+            .arg("--election-timeout")
+            .arg(self.timing.1.to_string())
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);

@@ -123,29 +123,38 @@ pub async fn run(config: Config) -> Result<Value, String> {
     let mut tick = tokio::time::interval(Duration::from_secs(1) / config.rate.max(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let churn_started = Instant::now();
-    let mut puts = 0u64;
-    let mut put_errors = 0u64;
+    // Each put is its own task, so a slow answer does not lower the rate.
+    let puts = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let put_errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut writes = Vec::new();
     let mut n = 0u64;
     while churn_started.elapsed() < config.duration {
         tick.tick().await;
         n += 1;
         let addr = format!("10.{}.{}.{}:50051", n >> 16 & 255, n >> 8 & 255, n & 255);
         let key = format!("{prefix}/{addr}");
-        let sent = unix_us();
-        let value = json!({"Op": 0, "Addr": addr, "Metadata": sent.to_string()}).to_string();
-        match writer.put(key.as_str(), value, None).await {
-            Ok(_) => {
-                puts += 1;
-                keys.push_back(key);
+        let old = (keys.len() >= config.live)
+            .then(|| keys.pop_front())
+            .flatten();
+        keys.push_back(key.clone());
+        let (mut w, puts, put_errors) = (writer.clone(), puts.clone(), put_errors.clone());
+        writes.push(tokio::spawn(async move {
+            let sent = unix_us();
+            let value = json!({"Op": 0, "Addr": addr, "Metadata": sent.to_string()}).to_string();
+            match w.put(key.as_str(), value, None).await {
+                Ok(_) => puts.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                Err(_) => put_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            };
+            if let Some(old) = old {
+                let _ = w.delete(old, None).await;
             }
-            Err(_) => put_errors += 1,
-        }
-        if keys.len() > config.live
-            && let Some(old) = keys.pop_front()
-        {
-            let _ = writer.delete(old, None).await;
-        }
+        }));
     }
+    for w in writes {
+        let _ = w.await;
+    }
+    let puts = puts.load(std::sync::atomic::Ordering::Relaxed);
+    let put_errors = put_errors.load(std::sync::atomic::Ordering::Relaxed);
     let churn_s = churn_started.elapsed().as_secs_f64();
     // Let the last events arrive.
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -30,7 +30,10 @@ pub(super) fn run(bench: &mut Bench<'_>, plan: &Plan) -> Result<Value> {
     eprintln!(
         "xtask bench: watchers, {WATCHERS} resolvers on a 3-member etcd cluster, {RATE} registrations/s"
     );
-    let cluster = etcd_provision::Cluster::start_default(3)?;
+    // etcd's default election timing: the fast test settings make members
+    // of a busy machine call elections, which cancels every watch.
+    let bin = etcd_provision::find_etcd_binary().ok_or(etcd_provision::HOW_TO_GET_ETCD)?;
+    let cluster = etcd_provision::Cluster::start_with_timing(&bin, 3, (100, 1000))?;
     let endpoints = cluster.endpoints().join(",");
     let pids: Vec<u32> = (0..cluster.len()).filter_map(|i| cluster.pid(i)).collect();
     let duration = if plan.quick {
