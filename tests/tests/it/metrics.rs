@@ -69,12 +69,19 @@ fn both_binaries_serve_the_documented_families_with_plausible_values() {
         let picked = |addr: &str| {
             value(&body, &format!("balancer_picks{t},endpoint=\"{addr}\"}}")).unwrap_or(0.0)
         };
-        if picked(&addr1) > 0.0 && picked(&addr2) > 0.0 {
+        // Picks count at send, the latency histogram when an attempt ends:
+        // under load the first scrape can see picks and no finished call yet.
+        let finished = value(
+            &body,
+            &format!("grpc_client_attempt_duration_count{t},grpc_status=\"OK\"}}"),
+        )
+        .unwrap_or(0.0);
+        if picked(&addr1) > 0.0 && picked(&addr2) > 0.0 && finished > 0.0 {
             break body;
         }
         assert!(
             Instant::now() < deadline,
-            "no picks of both servers:\n{body}"
+            "no finished calls on both servers:\n{body}"
         );
         std::thread::sleep(Duration::from_millis(100));
     };
