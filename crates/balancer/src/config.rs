@@ -17,6 +17,20 @@ pub enum Fallback {
 
 /// gRPC connection backoff ("connection-backoff.md"): the delay before the
 /// n-th retry is `min(base * multiplier^n, max)`, spread by ±`jitter`.
+///
+/// The delays are computed by the workspace's one backoff (the `backoff`
+/// crate); this struct converts to and from [`backoff::Backoff`], whose
+/// [`GRPC_CONNECTION`](backoff::Backoff::GRPC_CONNECTION) preset is the
+/// default.
+///
+/// ```
+/// use std::time::Duration;
+/// use balancer::BackoffConfig;
+///
+/// let fast = BackoffConfig { base: Duration::from_millis(50), ..BackoffConfig::default() };
+/// assert_eq!(fast.multiplier, 1.6);
+/// assert_eq!(BackoffConfig::default(), backoff::Backoff::GRPC_CONNECTION.into());
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BackoffConfig {
     /// First delay. Default 1 s.
@@ -31,11 +45,38 @@ pub struct BackoffConfig {
 
 impl Default for BackoffConfig {
     fn default() -> Self {
+        backoff::Backoff::GRPC_CONNECTION.into()
+    }
+}
+
+impl BackoffConfig {
+    /// A failure counter over this backoff (the one implementation of the
+    /// workspace, the `backoff` crate).
+    pub(crate) fn attempts(self) -> backoff::Attempts {
+        backoff::Backoff::from(self).attempts()
+    }
+}
+
+impl From<BackoffConfig> for backoff::Backoff {
+    fn from(c: BackoffConfig) -> Self {
         Self {
-            base: Duration::from_secs(1),
-            multiplier: 1.6,
-            jitter: 0.2,
-            max: Duration::from_secs(120),
+            base: c.base,
+            factor: c.multiplier,
+            max: c.max,
+            jitter: c.jitter,
+        }
+    }
+}
+
+impl From<backoff::Backoff> for BackoffConfig {
+    /// E.g. `BackoffConfig::from(backoff::Backoff::GRPC_CONNECTION)`, the
+    /// default.
+    fn from(b: backoff::Backoff) -> Self {
+        Self {
+            base: b.base,
+            multiplier: b.factor,
+            jitter: b.jitter,
+            max: b.max,
         }
     }
 }
@@ -118,5 +159,28 @@ impl Default for Config {
             policy: crate::policy::PolicyHandle::default(),
             outlier: Some(crate::OutlierDetection::default()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_grpcs_connection_backoff_and_min_connect_timeout() {
+        let c = EndpointConfig::default();
+        assert_eq!(c.connect_timeout, Duration::from_secs(20));
+        let b = c.backoff;
+        assert_eq!(
+            (b.base, b.multiplier, b.jitter, b.max),
+            (Duration::from_secs(1), 1.6, 0.2, Duration::from_secs(120))
+        );
+        // The shared implementation sees the same numbers.
+        let mut attempts = b.attempts();
+        assert_eq!(attempts.current(), Duration::from_secs(1));
+        let first = attempts.next_delay();
+        assert!(first >= Duration::from_millis(800) && first <= Duration::from_millis(1200));
+        assert_eq!(attempts.current(), Duration::from_millis(1600));
+        assert_eq!(BackoffConfig::from(backoff::Backoff::from(b)), b);
     }
 }

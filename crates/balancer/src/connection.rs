@@ -14,9 +14,7 @@ use std::{
 };
 
 use crate::{
-    EndpointConfig,
-    backoff::Backoff,
-    health,
+    EndpointConfig, health,
     probe::{self, Link, Monitored, Verdict},
     replay::SendBody,
     state::{ConnectivityState, Exclusion},
@@ -101,7 +99,7 @@ pub(crate) async fn run(
             excluded,
         });
     };
-    let mut backoff = Backoff::new(config.backoff);
+    let mut backoff = config.backoff.attempts();
     loop {
         report(ConnectivityState::Connecting, None, None, Vec::new());
         let timeout = config.connect_timeout.max(backoff.current());
@@ -206,10 +204,10 @@ pub(crate) async fn run(
                     backoff.reset();
                     continue;
                 }
-                tokio::time::sleep(backoff.next_delay(fastrand::f64())).await;
+                tokio::time::sleep(backoff.next_delay()).await;
             }
             Err(e) => {
-                let delay = backoff.next_delay(fastrand::f64());
+                let delay = backoff.next_delay();
                 report(
                     ConnectivityState::TransientFailure,
                     None,

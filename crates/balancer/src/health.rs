@@ -22,8 +22,7 @@ use tonic_health::pb::{
 };
 
 use crate::{
-    BackoffConfig, backoff::Backoff, connection::Sender, replay::SendBody, service::BoxError,
-    state::Exclusion,
+    BackoffConfig, connection::Sender, replay::SendBody, service::BoxError, state::Exclusion,
 };
 
 /// One connection as a tower service, for the balancer's own calls on it.
@@ -87,7 +86,7 @@ pub(crate) async fn watch(
         service: service.to_string(),
         status,
     };
-    let mut backoff = Backoff::new(backoff);
+    let mut backoff = backoff.attempts();
     let mut last: Option<Option<Exclusion>> = None;
     let mut set = |now: Option<Exclusion>| {
         if last.as_ref() != Some(&now) {
@@ -131,7 +130,7 @@ pub(crate) async fn watch(
             }
             Err(status) => status_text(&status),
         };
-        let delay = backoff.next_delay(fastrand::f64());
+        let delay = backoff.next_delay();
         tracing::warn!(endpoint = %endpoint, service, error = %failure, "health watch failed; retrying in {delay:.1?}");
         set(Some(not_serving(format!("health watch failed: {failure}"))));
         tokio::time::sleep(delay).await;

@@ -74,7 +74,6 @@
 //! are written this way too. [`Policy`]'s docs show a whole one (prefer the
 //! client's zone, else round robin) in under 30 lines.
 
-mod backoff;
 mod body;
 mod config;
 mod connection;

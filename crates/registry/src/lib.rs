@@ -9,7 +9,8 @@
 //! task keeps the lease alive and, when the lease or the key is lost (etcd
 //! restart, network failure, lease revoked or expired, key deleted or
 //! overwritten), grants a new lease and puts the key again, with exponential
-//! backoff and jitter, until [`Registered::deregister`] is called. Its
+//! backoff and jitter (the workspace's `backoff` crate, `Backoff::ETCD`:
+//! 100 ms, ×2, at most 5 s, ±20 %), until [`Registered::deregister`] is called. Its
 //! [`State`] is observable through [`Registered::state`].
 //!
 //! etcd over TLS (CA, client certificate) and with a user and password:
@@ -71,7 +72,6 @@
 //! # }
 //! ```
 
-mod backoff;
 mod endpoint;
 mod error;
 mod registered;

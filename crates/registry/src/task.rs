@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use backoff::Backoff;
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, LeaseKeepAliveResponse,
     LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp, WatchOptions, WatchResponse,
@@ -18,9 +19,7 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    Error, ErrorKind, Registered, State,
-    backoff::Backoff,
-    endpoint,
+    Error, ErrorKind, Registered, State, endpoint,
     error::{is_lease_not_found, is_transient},
     registration::Config,
 };
@@ -59,7 +58,7 @@ pub(crate) async fn register(
     let at = endpoints.map(|e| format!(" at {e}")).unwrap_or_default();
     let doing = format!("cannot register {} in etcd{at}", config.key);
     let value = endpoint::encode(&config.address, &config.metadata);
-    let backoff = Backoff::DEFAULT;
+    let backoff = Backoff::ETCD;
     let mut members: Option<Members> = None;
     let mut client = match &connect {
         Connect::Ready(c) => Some((**c).clone()),
@@ -176,7 +175,7 @@ fn spawn(
         request_timeout: config.request_timeout,
         state: state_tx,
         commands: commands_rx,
-        backoff: Backoff::DEFAULT,
+        backoff: Backoff::ETCD,
         flaps: 0,
         stale_lease: None,
         members,
@@ -708,7 +707,7 @@ impl Task {
             };
             let n = next.map_or(0, |n| n.saturating_add(1));
             next = Some(n);
-            if self.backoff.nominal(n) >= self.backoff.max {
+            if self.backoff.is_capped(n) {
                 warn!(key = %self.key, error = %error, attempts, "re-registration attempt failed; retrying");
             } else {
                 debug!(key = %self.key, error = %error, attempts, "re-registration attempt failed; retrying");

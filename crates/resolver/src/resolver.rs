@@ -10,7 +10,7 @@ use tokio::time::{Instant, timeout};
 use tracing::{Instrument, debug, info, warn};
 
 use crate::{
-    backoff::Backoff,
+    Backoff,
     resolution::{Health, Resolution, Shared},
     value::{Decoded, Entry, decode_value, shorten},
 };
