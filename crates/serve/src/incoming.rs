@@ -2,9 +2,18 @@
 //! (`authority-fix`, on by default) → the connection wrapper →
 //! [`Coalesce`] (many responses per write) → tonic. Owning it is what lets a wrapper see plaintext HTTP/2 bytes before
 //! hyper does, with or without TLS.
+//!
+//! An accept that fails for the process (no file descriptor left: EMFILE,
+//! ENFILE; no memory) fails again at once while the listener stays
+//! readable, and tonic would poll again at once: a hot loop. So accepting
+//! pauses instead, with [`ACCEPT_BACKOFF`] (Go's net/http and grpc-go's
+//! server do the same: 5 ms doubling to 1 s), warned once per burst, while
+//! TLS handshakes already under way go on.
 
 use std::{
-    fmt, io,
+    fmt,
+    future::Future,
+    io,
     net::SocketAddr,
     pin::Pin,
     sync::Arc,
@@ -13,17 +22,28 @@ use std::{
 };
 
 use authority_fix::AuthorityFix;
+use backoff::{Attempts, Backoff};
 use futures::{Stream, StreamExt, future::BoxFuture, stream::FuturesUnordered};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
+    time::{Instant, Sleep},
 };
 use tokio_rustls::TlsAcceptor;
 use tonic::transport::server::{Connected, TcpConnectInfo};
-use tracing::debug;
+use tracing::{debug, info, warn};
 use write_coalesce::Coalesce;
 
 use crate::Tls;
+
+/// The pause after a failed accept: 5 ms, doubling, at most 1 s, no jitter
+/// (it paces one process's own retries, nothing to spread).
+pub(crate) const ACCEPT_BACKOFF: Backoff = Backoff {
+    base: Duration::from_millis(5),
+    factor: 2.0,
+    max: Duration::from_secs(1),
+    jitter: 0.0,
+};
 
 /// What a connection wrapper gets and returns: any byte stream.
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -143,6 +163,12 @@ pub(crate) struct Incoming {
     authority: Option<authority_fix::Config>,
     wrap: Option<Wrap>,
     handshakes: FuturesUnordered<BoxFuture<'static, Option<Conn>>>,
+    /// Failed accepts in the current burst (reset by the next success).
+    failures: Attempts,
+    /// When the current burst began.
+    failing_since: Option<Instant>,
+    /// Set while accepting is paused after a failure.
+    paused: Option<Pin<Box<Sleep>>>,
 }
 
 impl fmt::Debug for Incoming {
@@ -170,6 +196,45 @@ impl Incoming {
             authority,
             wrap,
             handshakes: FuturesUnordered::new(),
+            failures: ACCEPT_BACKOFF.attempts(),
+            failing_since: None,
+            paused: None,
+        }
+    }
+
+    /// A failed accept: errors about the one connection being accepted are
+    /// skipped; any other pauses accepting (see the module docs).
+    fn accept_failed(&mut self, e: &io::Error) {
+        if is_connection_error(e) {
+            debug!(error = %e, "a connection failed while being accepted");
+            return;
+        }
+        let delay = self.failures.next_delay();
+        let failed = self.failures.count();
+        metrics::counter!("serve.accept_errors").increment(1);
+        if failed == 1 {
+            self.failing_since = Some(Instant::now());
+            warn!(
+                local = %self.local,
+                error = %e,
+                "cannot accept connections; pausing accepts (5 ms doubling to 1 s) until it works again"
+            );
+        } else {
+            debug!(error = %e, failed_accepts = failed, retry_in_ms = delay.as_millis() as u64, "accept failed again");
+        }
+        self.paused = Some(Box::pin(tokio::time::sleep(delay)));
+    }
+
+    /// A successful accept ends a burst of failures.
+    fn accept_worked(&mut self) {
+        if let Some(since) = self.failing_since.take() {
+            info!(
+                local = %self.local,
+                failed_accepts = self.failures.count(),
+                paused_ms = since.elapsed().as_millis() as u64,
+                "accepting connections again"
+            );
+            self.failures.reset();
         }
     }
 
@@ -232,14 +297,21 @@ impl Stream for Incoming {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         loop {
+            if let Some(pause) = &mut this.paused {
+                if pause.as_mut().poll(cx).is_pending() {
+                    break;
+                }
+                this.paused = None;
+            }
             match this.listener.poll_accept(cx) {
                 Poll::Ready(Ok((tcp, remote))) => {
+                    this.accept_worked();
                     if let Some(conn) = this.accepted(tcp, remote) {
                         return Poll::Ready(Some(Ok(Coalesce::new(conn))));
                     }
                 }
-                // tonic logs it and polls again; the listener stays usable.
-                Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
+                // Never handed to tonic, which would poll again at once.
+                Poll::Ready(Err(e)) => this.accept_failed(&e),
                 Poll::Pending => break,
             }
         }
@@ -250,4 +322,18 @@ impl Stream for Incoming {
         }
         Poll::Pending
     }
+}
+
+/// Errors of `accept` about the connection being accepted (it was reset or
+/// aborted before we took it), not about the listener or the process: the
+/// next accept may well work at once.
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    )
 }

@@ -22,6 +22,10 @@
 //! TLS, and the responses of many calls leave in one write. The fix is on by
 //! default ([`Server::strict_authority`]): grpc-go clients, which send
 //! their target (`discovery%2Fdev%2Fgame`) as `:authority`, are served.
+//! An accept that fails for want of file descriptors (EMFILE) or memory
+//! pauses accepting, 5 ms doubling to 1 s (as Go's net/http and grpc-go do),
+//! with one warning per burst and the `serve_accept_errors` counter,
+//! instead of retrying in a hot loop.
 //!
 //! Must not depend on the resolver or the balancer.
 //!

@@ -14,7 +14,7 @@ use integration_tests::{
 };
 
 /// `GET /metrics` on `addr`: the body.
-fn scrape(addr: &str) -> String {
+pub(crate) fn scrape(addr: &str) -> String {
     let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     stream
         .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
@@ -30,7 +30,7 @@ fn scrape(addr: &str) -> String {
 
 /// The value of the sample whose line starts with `series` (name and
 /// labels as rendered), if there is one.
-fn value(body: &str, series: &str) -> Option<f64> {
+pub(crate) fn value(body: &str, series: &str) -> Option<f64> {
     body.lines()
         .find(|l| l.starts_with(series))
         .and_then(|l| l.rsplit(' ').next())
