@@ -55,20 +55,14 @@ pub fn spawn(name: &str, mode: &str, args: &[&str]) -> Proc {
 /// A Go server (`go-peer server`) with the given id, env and etcd, waited
 /// for until it is registered; returns it and its bound address.
 pub fn start_server(id: &str, env: &str, etcd: &[String], extra: &[&str]) -> (Proc, String) {
-    let etcd = etcd.join(",");
-    let mut args = vec!["--id", id, "--env", env, "--etcd", &etcd];
-    args.extend_from_slice(extra);
-    let mut server = spawn(&format!("go server {id}"), "server", &args);
-    let listening = server.wait_log("listening on ");
-    let addr = listening
-        .text
-        .split("listening on ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no address in {:?}", listening.text))
-        .to_owned();
-    server.wait_log(&format!("registered discovery/{env}/game/{addr}"));
-    (server, addr)
+    crate::process::start_registered(
+        &format!("go server {id}"),
+        id,
+        env,
+        etcd,
+        extra,
+        |name, args| spawn(name, "server", args),
+    )
 }
 
 /// A Go client (`go-peer client` or `go-peer load`) on `env` and `etcd`.

@@ -354,10 +354,35 @@ pub fn send_signal(pid: u32, signal: i32) {
 /// An `echo-server` with the given id, env and etcd, waited for until it is
 /// registered; returns it and its bound address.
 pub fn start_server(id: &str, env: &str, etcd: &[String], extra: &[&str]) -> (Proc, String) {
+    start_registered(
+        &format!("server {id}"),
+        id,
+        env,
+        etcd,
+        extra,
+        |name, args| Proc::spawn(name, "echo-server", args),
+    )
+}
+
+/// Starts a server with `spawn(name, args)` (`--id`, `--env`, `--etcd` and
+/// `extra` as args) and waits until it logged its bound address and its
+/// registration under `env`: echo-server and the Go peer log the same two
+/// lines. Returns it and that address.
+///
+/// # Panics
+/// When either line does not come in time (with the server's output).
+pub fn start_registered(
+    name: &str,
+    id: &str,
+    env: &str,
+    etcd: &[String],
+    extra: &[&str],
+    spawn: impl FnOnce(&str, &[&str]) -> Proc,
+) -> (Proc, String) {
     let etcd = etcd.join(",");
     let mut args = vec!["--id", id, "--env", env, "--etcd", &etcd];
     args.extend_from_slice(extra);
-    let mut server = Proc::spawn(&format!("server {id}"), "echo-server", &args);
+    let mut server = spawn(name, &args);
     let listening = server.wait_log("listening on ");
     let addr = listening
         .text

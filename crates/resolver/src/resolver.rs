@@ -243,25 +243,10 @@ impl Resolver {
         }
     }
 
-    /// Opens a watch of the prefix from `revision + 1` and waits until etcd
-    /// created it.
+    /// Re-opens the watch of the prefix from `revision + 1`, after a broken
+    /// stream.
     async fn rewatch(&mut self, revision: i64) -> Result<WatchStream, String> {
-        let options = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(revision + 1)
-            .with_prev_key();
-        let key = self.key_prefix.clone();
-        let mut watch = self
-            .timed(
-                "re-opening the watch",
-                self.client.clone().watch(key, Some(options)),
-            )
-            .await?;
-        match self.timed("re-opening the watch", watch.message()).await? {
-            None => Err("watch stream ended before the watch was created".into()),
-            Some(resp) if resp.canceled() => Err(cancel_reason(&resp)),
-            Some(_) => Ok(watch),
-        }
+        self.open_watch(revision, "re-opening the watch").await
     }
 
     /// Lists the prefix at one revision R and opens a watch from R + 1; only
@@ -274,25 +259,29 @@ impl Resolver {
             hook(revision).await;
         }
 
+        let watch = self.open_watch(revision, "creating the watch").await?;
+        let changed = shared.reset(fresh);
+        Ok((watch, revision, changed))
+    }
+
+    /// Opens a watch of the prefix from `revision + 1` (with the previous
+    /// values, for deletes) and waits until etcd says it created it, so a
+    /// watch etcd refused (e.g. the revision was compacted) is an error here
+    /// and not a silent first message; `what` names the step in errors.
+    async fn open_watch(&mut self, revision: i64, what: &str) -> Result<WatchStream, String> {
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(revision + 1)
             .with_prev_key();
         let key = self.key_prefix.clone();
         let mut watch = self
-            .timed(
-                "creating the watch",
-                self.client.clone().watch(key, Some(options)),
-            )
+            .timed(what, self.client.clone().watch(key, Some(options)))
             .await?;
-        let created = self.timed("creating the watch", watch.message()).await?;
-        match created {
-            None => return Err("watch stream ended before the watch was created".into()),
-            Some(resp) if resp.canceled() => return Err(cancel_reason(&resp)),
-            Some(_) => {}
+        match self.timed(what, watch.message()).await? {
+            None => Err("watch stream ended before the watch was created".into()),
+            Some(resp) if resp.canceled() => Err(cancel_reason(&resp)),
+            Some(_) => Ok(watch),
         }
-        let changed = shared.reset(fresh);
-        Ok((watch, revision, changed))
     }
 
     /// Reads the whole prefix, page by page, all pages at the revision of the
