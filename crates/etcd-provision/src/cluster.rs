@@ -20,18 +20,17 @@
 //! ```
 
 use std::{
-    fs::File,
     io::{self, Read, Write},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     sync::mpsc,
     thread,
     time::{Duration, Instant},
 };
 
 use crate::{
-    DIR_PREFIX, Error, HOW_TO_GET_ETCD, START_TIMEOUT, connect, die_with_parent, find_etcd_binary,
-    free_port, health, last_line, sweep_stale_dirs,
+    DIR_PREFIX, Error, HOW_TO_GET_ETCD, MemberSpec, connect, die_with_parent, find_etcd_binary,
+    free_port, sweep_stale_dirs, wait_healthy,
 };
 
 /// Heartbeat and election timeout (ms) for tests: a new leader within a few
@@ -169,43 +168,17 @@ impl Cluster {
         if self.members[i].child.is_some() {
             return Ok(());
         }
-        let initial_cluster = self.initial_cluster();
-        let log_path = self.log_path(i);
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| Error::new(format!("cannot open {}: {e}", log_path.display())))?;
-        let log2 = log
-            .try_clone()
-            .map_err(|e| Error::new(format!("cannot open {}: {e}", log_path.display())))?;
         let m = &self.members[i];
-        let mut cmd = Command::new(&self.bin);
-        cmd.arg("--name")
-            .arg(&m.name)
-            .arg("--data-dir")
-            .arg(self.dir.path().join(&m.name))
-            .arg("--listen-client-urls")
-            .arg(m.client_url())
-            .arg("--advertise-client-urls")
-            .arg(m.client_url())
-            .arg("--listen-peer-urls")
-            .arg(m.peer_url())
-            .arg("--initial-advertise-peer-urls")
-            .arg(m.peer_url())
-            .arg("--initial-cluster")
-            .arg(initial_cluster)
-            .args(["--initial-cluster-state", "new"])
-            .arg("--initial-cluster-token")
-            .arg(format!("etcd-provision-{}", self.members[0].peer_port))
-            // Fast elections: a new leader within a few hundred ms.
-            .arg("--heartbeat-interval")
-            .arg(self.timing.0.to_string())
-            .arg("--election-timeout")
-            .arg(self.timing.1.to_string())
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2);
+        let spec = MemberSpec {
+            name: &m.name,
+            data_dir: self.dir.path().join(&m.name),
+            client_port: m.client_port,
+            peer_port: m.peer_port,
+            initial_cluster: self.initial_cluster(),
+            token: Some(format!("etcd-provision-{}", self.members[0].peer_port)),
+            timing: self.timing,
+        };
+        let cmd = spec.command(&self.bin, &self.log_path(i))?;
         let child = self
             .spawner
             .spawn(cmd)
@@ -215,32 +188,13 @@ impl Cluster {
     }
 
     fn wait_healthy(&mut self, i: usize) -> Result<(), Error> {
-        let deadline = Instant::now() + START_TIMEOUT;
-        let host_port = format!("127.0.0.1:{}", self.members[i].client_port);
-        loop {
-            if health(&host_port).is_ok() {
-                return Ok(());
-            }
-            if let Some(child) = self.members[i].child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                self.members[i].child = None;
-                return Err(Error::new(format!(
-                    "etcd member {} ({}) exited with {status}: {}",
-                    self.members[i].name,
-                    self.bin.display(),
-                    last_line(&self.log_path(i))
-                )));
-            }
-            if Instant::now() > deadline {
-                return Err(Error::new(format!(
-                    "etcd member {} did not become healthy within {START_TIMEOUT:?}: {}",
-                    self.members[i].name,
-                    last_line(&self.log_path(i))
-                )));
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
+        let who = format!(
+            "etcd member {} ({})",
+            self.members[i].name,
+            self.bin.display()
+        );
+        let (log_path, port) = (self.log_path(i), self.members[i].client_port);
+        wait_healthy(&mut self.members[i].child, port, &who, &log_path)
     }
 
     /// How many members the cluster has (running or not).

@@ -253,67 +253,34 @@ impl EtcdProcess {
         if self.child.is_some() {
             return Ok(());
         }
-        let client = format!("http://127.0.0.1:{}", self.client_port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log_path = self.dir.path().join("etcd.log");
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| Error::new(format!("cannot open {}: {e}", log_path.display())))?;
-        let log2 = log
-            .try_clone()
-            .map_err(|e| Error::new(format!("cannot open {}: {e}", log_path.display())))?;
-        let mut cmd = Command::new(&self.bin);
-        cmd.arg("--name")
-            .arg("default")
-            .arg("--data-dir")
-            .arg(self.dir.path().join("data"))
-            .arg("--listen-client-urls")
-            .arg(&client)
-            .arg("--advertise-client-urls")
-            .arg(&client)
-            .arg("--listen-peer-urls")
-            .arg(&peer)
-            .arg("--initial-advertise-peer-urls")
-            .arg(&peer)
-            .arg("--initial-cluster")
-            .arg(format!("default={peer}"))
+        let spec = MemberSpec {
+            name: "default",
+            data_dir: self.dir.path().join("data"),
+            client_port: self.client_port,
+            peer_port: self.peer_port,
+            initial_cluster: format!("default={peer}"),
+            token: None,
             // Fast elections: a restarted single node is leader in ~0.1 s.
-            .args(["--heartbeat-interval", "10", "--election-timeout", "100"])
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2);
+            timing: (10, 100),
+        };
+        let mut cmd = spec.command(&self.bin, &log_path)?;
         die_with_parent(&mut cmd);
         let child = cmd
             .spawn()
             .map_err(|e| Error::new(format!("cannot run {}: {e}", self.bin.display())))?;
         self.child = Some(child);
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if health(&format!("127.0.0.1:{}", self.client_port)).is_ok() {
-                return Ok(());
-            }
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                self.child = None;
-                return Err(Error::new(format!(
-                    "etcd ({}) exited at start with {status}: {}",
-                    self.bin.display(),
-                    last_line(&log_path)
-                )));
-            }
-            if Instant::now() > deadline {
-                self.kill();
-                return Err(Error::new(format!(
-                    "etcd ({}) did not become healthy within {START_TIMEOUT:?}: {}",
-                    self.bin.display(),
-                    last_line(&log_path)
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let started = wait_healthy(
+            &mut self.child,
+            self.client_port,
+            &format!("etcd ({})", self.bin.display()),
+            &log_path,
+        );
+        if started.is_err() {
+            self.kill();
         }
+        started
     }
 
     /// Kills etcd with SIGKILL (as a crash would) and waits for it to exit.
@@ -555,6 +522,101 @@ fn first_line(bytes: &[u8]) -> String {
         .next()
         .unwrap_or("")
         .to_string()
+}
+
+/// How to run one etcd member on loopback: what differs between a single
+/// [`EtcdProcess`] and a [`Cluster`] member; the command line is built in
+/// one place.
+pub(crate) struct MemberSpec<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) client_port: u16,
+    pub(crate) peer_port: u16,
+    /// `--initial-cluster`: `name=peer-url,…` of every member.
+    pub(crate) initial_cluster: String,
+    /// `--initial-cluster-token`, so two clusters on one host never join.
+    pub(crate) token: Option<String>,
+    /// `--heartbeat-interval` and `--election-timeout`, in ms.
+    pub(crate) timing: (u64, u64),
+}
+
+impl MemberSpec<'_> {
+    /// The command: client and peer URLs on 127.0.0.1, a new cluster,
+    /// stdin closed, stdout and stderr appended to `log_path` (kept across
+    /// restarts, for [`last_line`] in errors).
+    pub(crate) fn command(&self, bin: &Path, log_path: &Path) -> Result<Command, Error> {
+        let cannot_open =
+            |e: io::Error| Error::new(format!("cannot open {}: {e}", log_path.display()));
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(log_path)
+            .map_err(cannot_open)?;
+        let log2 = log.try_clone().map_err(cannot_open)?;
+        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let mut cmd = Command::new(bin);
+        cmd.arg("--name")
+            .arg(self.name)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--listen-client-urls")
+            .arg(&client)
+            .arg("--advertise-client-urls")
+            .arg(&client)
+            .arg("--listen-peer-urls")
+            .arg(&peer)
+            .arg("--initial-advertise-peer-urls")
+            .arg(&peer)
+            .arg("--initial-cluster")
+            .arg(&self.initial_cluster)
+            .args(["--initial-cluster-state", "new"]);
+        if let Some(token) = &self.token {
+            cmd.arg("--initial-cluster-token").arg(token);
+        }
+        cmd.arg("--heartbeat-interval")
+            .arg(self.timing.0.to_string())
+            .arg("--election-timeout")
+            .arg(self.timing.1.to_string())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        Ok(cmd)
+    }
+}
+
+/// Waits until the etcd on `client_port` reports healthy. Fails at once
+/// when `child` exits (it is then `None`), and after [`START_TIMEOUT`];
+/// `who` names it in the error, which ends with the log's last line.
+pub(crate) fn wait_healthy(
+    child: &mut Option<Child>,
+    client_port: u16,
+    who: &str,
+    log_path: &Path,
+) -> Result<(), Error> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    let host_port = format!("127.0.0.1:{client_port}");
+    loop {
+        if health(&host_port).is_ok() {
+            return Ok(());
+        }
+        if let Some(running) = child.as_mut()
+            && let Ok(Some(status)) = running.try_wait()
+        {
+            *child = None;
+            return Err(Error::new(format!(
+                "{who} exited at start with {status}: {}",
+                last_line(log_path)
+            )));
+        }
+        if Instant::now() > deadline {
+            return Err(Error::new(format!(
+                "{who} did not become healthy within {START_TIMEOUT:?}: {}",
+                last_line(log_path)
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Asks the kernel to SIGKILL the child when the spawning thread exits, so a
