@@ -1,6 +1,7 @@
 //! What the `echo-server` and `echo-client` command lines share: value
 //! parsers for clap (durations, etcd URLs, PEM files, key segments), usage
-//! errors printed as one line with exit code 2, the logging setup, and the
+//! errors printed as one line with exit code 2, the parsing and tokio
+//! runtime steps of `main`, the logging setup, and the
 //! Prometheus endpoint of `--metrics` ([`serve_metrics`]).
 //!
 //! One job: keep the two binaries' flags behaving and failing alike. Must
@@ -149,6 +150,51 @@ pub fn serve_metrics(addr: std::net::SocketAddr) -> Result<(), String> {
 pub fn socket_addr(s: &str) -> Result<std::net::SocketAddr, String> {
     s.trim().parse().map_err(|_| {
         "expected an IP address and a port, such as 127.0.0.1:9100 or [::1]:9100".into()
+    })
+}
+
+/// Parses the process arguments with `parse(args, password)` (the value of
+/// [`PASSWORD_ENV`] as `password`); on a bad flag or value prints one line
+/// on stderr and exits with code 2 (`--help` and `--version` print and exit
+/// 0). A password that is not UTF-8 is a usage error too, reported after
+/// the flags' own errors.
+///
+/// ```no_run
+/// #[derive(clap::Parser)]
+/// struct Args {
+///     #[arg(long)]
+///     etcd_user: Option<String>,
+/// }
+///
+/// let args: Args = cli_support::parse_or_exit(|args, password| {
+///     use clap::Parser as _;
+///     let parsed = Args::try_parse_from(args)?;
+///     cli_support::etcd_password(parsed.etcd_user.as_deref(), password)
+///         .map_err(|m| cli_support::usage_error(<Args as clap::CommandFactory>::command(), m))?;
+///     Ok(parsed)
+/// });
+/// ```
+pub fn parse_or_exit<A: clap::Parser>(
+    parse: impl FnOnce(std::env::ArgsOs, Option<String>) -> Result<A, clap::Error>,
+) -> A {
+    let parsed = match password_from_env() {
+        Ok(password) => parse(std::env::args_os(), password),
+        Err(message) => A::try_parse().and_then(|_| Err(usage_error(A::command(), message))),
+    };
+    parsed.unwrap_or_else(|e| exit_on_usage_error(&e))
+}
+
+/// A multi-threaded tokio runtime for a binary's `main`; when there is
+/// none to be had, prints one line on stderr and exits with code 1.
+///
+/// ```
+/// let runtime = cli_support::runtime_or_exit();
+/// assert_eq!(runtime.block_on(async { 1 + 1 }), 2);
+/// ```
+pub fn runtime_or_exit() -> tokio::runtime::Runtime {
+    tokio::runtime::Runtime::new().unwrap_or_else(|e| {
+        eprintln!("error: cannot start the tokio runtime: {e}");
+        std::process::exit(1)
     })
 }
 

@@ -169,11 +169,7 @@ impl Args {
     /// on stderr and exits with code 2 (`--help` and `--version` print and
     /// exit 0).
     pub fn parse_or_exit() -> Self {
-        let parsed = match cli_support::password_from_env() {
-            Ok(password) => Self::try_parse_with_password(std::env::args_os(), password),
-            Err(message) => Self::try_parse().and_then(|_| Err(usage_error(message))),
-        };
-        parsed.unwrap_or_else(|e| exit_on_usage_error(&e))
+        cli_support::parse_or_exit(Self::try_parse_with_password)
     }
 
     /// Parses `args` like [`Parser::try_parse_from`], then takes the etcd

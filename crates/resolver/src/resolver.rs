@@ -173,14 +173,7 @@ impl Resolver {
                                 "resolver re-opened its watch from the last revision seen"
                             );
                         }
-                        shared.set_health(Health::Following);
-                        let (reason, next) = self.follow(watch, revision, &shared).await;
-                        log_loss(&reason, next);
-                        if next.is_none() {
-                            relisted(&self.key_prefix, relist_reason(&reason));
-                        }
-                        resume = next;
-                        outage = Some((Instant::now(), reason));
+                        (resume, outage) = self.follow_until_lost(watch, revision, &shared).await;
                         continue;
                     }
                     Err(error) => {
@@ -210,14 +203,7 @@ impl Resolver {
                         ),
                     }
                     failures = 0;
-                    shared.set_health(Health::Following);
-                    let (reason, next) = self.follow(watch, revision, &shared).await;
-                    log_loss(&reason, next);
-                    if next.is_none() {
-                        relisted(&self.key_prefix, relist_reason(&reason));
-                    }
-                    resume = next;
-                    outage = Some((Instant::now(), reason));
+                    (resume, outage) = self.follow_until_lost(watch, revision, &shared).await;
                 }
                 Err(error) => {
                     let delay = self.backoff.delay(failures);
@@ -328,6 +314,25 @@ impl Resolver {
     /// and, when another member can resume it (the stream broke, or etcd
     /// canceled it for lack of a leader), the revision up to which every
     /// event was applied. A compacted watch cannot be resumed: list again.
+    /// Follows the watch (health `Following`) until it is lost, logs the
+    /// loss and counts a relist when it cannot be resumed; returns the
+    /// revision to resume from (`None`: list again) and the outage that
+    /// starts.
+    async fn follow_until_lost(
+        &self,
+        watch: WatchStream,
+        revision: i64,
+        shared: &Shared,
+    ) -> (Option<i64>, Option<(Instant, String)>) {
+        shared.set_health(Health::Following);
+        let (reason, next) = self.follow(watch, revision, shared).await;
+        log_loss(&reason, next);
+        if next.is_none() {
+            relisted(&self.key_prefix, relist_reason(&reason));
+        }
+        (next, Some((Instant::now(), reason)))
+    }
+
     async fn follow(
         &self,
         mut watch: WatchStream,
