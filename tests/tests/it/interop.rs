@@ -390,3 +390,50 @@ fn the_seeds_client_shape_gets_replies_from_a_default_echo_server() {
     let transcript = server.transcript();
     assert!(!transcript.contains("WARN"), "{transcript}");
 }
+
+/// A grpc-go client over TLS, served by `serve` (rustls, then the
+/// `:authority` fix). grpc-go checks the certificate against, and sends as
+/// SNI, the name it sends as `:authority`: with a DNS name (`--authority
+/// localhost`, i.e. `credentials.NewClientTLSFromFile(ca, "localhost")`) the
+/// calls are served. Without one, that name is the target's endpoint
+/// (`discovery%2F<env>%2Fgame` in grpc-go >= 1.57, `discovery/<env>/game` in
+/// 1.33): not a DNS name, so rustls refuses the handshake ("illegal
+/// parameter") before any HTTP/2, and the `:authority` fix cannot help
+/// (docs/interop-go.md says so; Go's own TLS server would accept it).
+#[test]
+fn go_client_over_tls_is_served_with_a_dns_server_name_and_refused_with_its_target_as_name() {
+    let etcd = etcd_endpoints();
+    let env = unique_env("go_tls");
+    let certs = integration_tests::pki::Certs::generate();
+    let encoded = format!("discovery%2F{env}%2Fgame");
+    let raw = format!("discovery/{env}/game");
+    // Valid for the target forms too, so only the SNI can make them fail.
+    let (cert, key) = certs.server_cert_for("go-tls", &["localhost", &encoded, &raw]);
+    let path = |p: &std::path::Path| p.to_str().expect("utf-8 path").to_owned();
+    let (cert, key, ca) = (path(&cert), path(&key), path(&certs.ca));
+    let (_server, _) = start_server("1", &env, &etcd, &["--tls-cert", &cert, "--tls-key", &key]);
+    let got = go_calls(
+        &env,
+        &etcd,
+        3,
+        &["--tls-ca", &ca, "--authority", "localhost"],
+    );
+    assert_eq!(got, ["hi (from 1)"; 3]);
+
+    for form in ["encoded", "raw"] {
+        let mut client = start_go_client(
+            "go client (TLS)",
+            "client",
+            &env,
+            &etcd,
+            &["--count", "1", "--tls-ca", &ca, "--authority", form],
+        );
+        let status = client.wait_exit(PATIENCE);
+        let transcript = client.transcript();
+        assert_eq!(status.code(), Some(1), "--authority {form}:\n{transcript}");
+        assert!(
+            transcript.contains("tls: illegal parameter"),
+            "--authority {form}:\n{transcript}"
+        );
+    }
+}
