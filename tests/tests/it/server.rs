@@ -92,26 +92,33 @@ fn a_server_answers_the_four_echo_rpcs_health_and_reflection() {
             ServingStatus::Serving
         );
 
-        let request = ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(MessageRequest::ListServices(String::new())),
-        };
-        let mut replies = ServerReflectionClient::new(channel.clone())
-            .server_reflection_info(futures::stream::iter([request]))
-            .await
-            .expect("reflection")
-            .into_inner();
-        let reply = replies
-            .message()
-            .await
-            .expect("reflection reply")
-            .expect("one reply");
-        let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
-            panic!("unexpected reflection reply {reply:?}");
-        };
-        let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
-        assert!(names.contains(&echo_proto::SERVICE_NAME), "{names:?}");
+        let names = reflected_services(&channel).await;
+        assert!(
+            names.iter().any(|n| n == echo_proto::SERVICE_NAME),
+            "{names:?}"
+        );
     });
+}
+
+/// The services a server lists through reflection (v1 `ListServices`).
+pub(crate) async fn reflected_services(channel: &Channel) -> Vec<String> {
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let reply = ServerReflectionClient::new(channel.clone())
+        .server_reflection_info(futures::stream::iter([request]))
+        .await
+        .expect("reflection")
+        .into_inner()
+        .message()
+        .await
+        .expect("reflection reply")
+        .expect("one reply");
+    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+        panic!("unexpected reflection reply {reply:?}");
+    };
+    list.service.into_iter().map(|s| s.name).collect()
 }
 
 #[test]
