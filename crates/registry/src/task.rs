@@ -266,9 +266,15 @@ async fn establish(
     }
 }
 
-/// First delay between attempts to re-open the streams, doubled up to 1 s.
-/// The first attempt is immediate: another member is usually ready.
-const RESUME_BACKOFF: Duration = Duration::from_millis(50);
+/// Between attempts to re-open the streams: 50 ms, doubling, at most 800 ms,
+/// no jitter (the lease's TTL bounds the whole). The first attempt is
+/// immediate: another member is usually ready.
+const RESUME_BACKOFF: Backoff = Backoff {
+    base: Duration::from_millis(50),
+    factor: 2.0,
+    max: Duration::from_millis(800),
+    jitter: 0.0,
+};
 
 /// The next keepalive answer or watch response; pending while the streams
 /// are re-opened.
@@ -516,9 +522,7 @@ impl Task {
                             debug!(key = %self.key, error = %error, attempt = b.failures + 1, "re-opening the etcd streams failed");
                         }
                         b.reason = error;
-                        let delay = RESUME_BACKOFF
-                            .saturating_mul(1 << b.failures.min(4))
-                            .min(Duration::from_secs(1));
+                        let delay = RESUME_BACKOFF.delay(b.failures);
                         b.failures += 1;
                         b.retry_at = Some(Instant::now() + delay);
                     }
@@ -803,5 +807,20 @@ fn record_state(key: &str, current: State) {
     ] {
         metrics::gauge!("registry.state", "key" => key.to_owned(), "state" => name)
             .set(if state == current { 1.0 } else { 0.0 });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_resume_waits_50ms_doubling_to_800ms_and_re_registration_follows_the_etcd_preset() {
+        let ms: Vec<u128> = (0..7)
+            .map(|n| RESUME_BACKOFF.delay(n).as_millis())
+            .collect();
+        assert_eq!(ms, [50, 100, 200, 400, 800, 800, 800]);
+        assert_eq!(Backoff::ETCD.nominal(0), Duration::from_millis(100));
+        assert!(Backoff::ETCD.is_capped(6));
     }
 }
