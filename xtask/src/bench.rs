@@ -1,4 +1,4 @@
-//! `cargo xtask bench [--quick]`: throughput and latency against a direct
+//! `cargo xtask bench [--quick] [--only SECTION,...]`: throughput and latency against a direct
 //! channel and tonic's `balance_channel`, pick cost, discovery propagation,
 //! failover and scale, and the cost of the `:authority` adapter
 //! (`bench/authority.rs`), with real `echo-server` processes and one load
@@ -34,6 +34,17 @@ mod watchers;
 const CLIENT_CPU: &str = "0";
 const SERVER_CPU: &str = "1";
 const MODES: [&str; 4] = ["direct", "balance_channel", "balancer", "balancer_sticky"];
+/// The sections, in the order they run; `--only` takes these names.
+const SECTIONS: [&str; 8] = [
+    "throughput",
+    "authority",
+    "pick",
+    "propagation",
+    "failover",
+    "scale",
+    "watchers",
+    "go_stack",
+];
 
 struct Plan {
     quick: bool,
@@ -77,7 +88,15 @@ impl Plan {
     }
 }
 
-pub(crate) fn run(quick: bool, interrupt: &Receiver<()>) -> Result<ExitCode> {
+pub(crate) fn run(quick: bool, only: &[String], interrupt: &Receiver<()>) -> Result<ExitCode> {
+    if let Some(unknown) = only.iter().find(|s| !SECTIONS.contains(&s.as_str())) {
+        return Err(format!(
+            "unknown bench section {unknown:?}: expected one of {}",
+            SECTIONS.join(", ")
+        )
+        .into());
+    }
+    let wanted = |section: &str| only.is_empty() || only.iter().any(|s| s == section);
     let plan = Plan::new(quick);
     let started = Instant::now();
     let protoc = ensure_protoc()?;
@@ -100,12 +119,14 @@ pub(crate) fn run(quick: bool, interrupt: &Receiver<()>) -> Result<ExitCode> {
     if !status.success() {
         return Err(format!("cargo build --release failed ({status})").into());
     }
-    let status = cargo()
-        .args(["bench", "-p", "balancer", "--bench", "pick", "--no-run"])
-        .env("PROTOC", &protoc)
-        .status()?;
-    if !status.success() {
-        return Err(format!("building the pick benchmark failed ({status})").into());
+    if wanted("pick") {
+        let status = cargo()
+            .args(["bench", "-p", "balancer", "--bench", "pick", "--no-run"])
+            .env("PROTOC", &protoc)
+            .status()?;
+        if !status.success() {
+            return Err(format!("building the pick benchmark failed ({status})").into());
+        }
     }
     let out_dir = workspace_root().join("target/bench");
     std::fs::create_dir_all(out_dir.join("logs"))?;
@@ -131,6 +152,7 @@ pub(crate) fn run(quick: bool, interrupt: &Receiver<()>) -> Result<ExitCode> {
 
     let mut details = json!({
         "quick": quick,
+        "only": only,
         "date_unix": unix_us() / 1_000_000,
         "cpus": thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "pinning": pinning,
@@ -147,24 +169,40 @@ pub(crate) fn run(quick: bool, interrupt: &Receiver<()>) -> Result<ExitCode> {
         sections[name] = json!(measuring.elapsed().as_secs());
         v
     };
-    details["throughput"] = timed("throughput", bench.throughput(&plan)?);
-    details["authority"] = timed("authority", bench.authority(&plan)?);
-    details["pick"] = timed("pick", bench.pick(&plan, &protoc)?);
-    details["propagation"] = timed("propagation", bench.propagation(&plan)?);
-    details["failover"] = timed("failover", bench.failover(&plan)?);
-    details["scale"] = timed("scale", bench.scale(&plan)?);
-    details["watchers"] = timed("watchers", watchers::run(&mut bench, &plan)?);
-    // A Go-stack failure is reported with the other sections' results
-    // rather than losing them.
-    let go_stack = match bench.go_stack(&plan) {
-        Ok(v) => v,
-        Err(e) if e.to_string() == "interrupted" => return Err(e),
-        Err(e) => {
-            eprintln!("xtask bench: Go stack failed: {e}");
-            json!({"error": e.to_string()})
-        }
-    };
-    details["go_stack"] = timed("go_stack", go_stack);
+    if wanted("throughput") {
+        details["throughput"] = timed("throughput", bench.throughput(&plan)?);
+    }
+    if wanted("authority") {
+        details["authority"] = timed("authority", bench.authority(&plan)?);
+    }
+    if wanted("pick") {
+        details["pick"] = timed("pick", bench.pick(&plan, &protoc)?);
+    }
+    if wanted("propagation") {
+        details["propagation"] = timed("propagation", bench.propagation(&plan)?);
+    }
+    if wanted("failover") {
+        details["failover"] = timed("failover", bench.failover(&plan)?);
+    }
+    if wanted("scale") {
+        details["scale"] = timed("scale", bench.scale(&plan)?);
+    }
+    if wanted("watchers") {
+        details["watchers"] = timed("watchers", watchers::run(&mut bench, &plan)?);
+    }
+    if wanted("go_stack") {
+        // A Go-stack failure is reported with the other sections' results
+        // rather than losing them.
+        let go_stack = match bench.go_stack(&plan) {
+            Ok(v) => v,
+            Err(e) if e.to_string() == "interrupted" => return Err(e),
+            Err(e) => {
+                eprintln!("xtask bench: Go stack failed: {e}");
+                json!({"error": e.to_string()})
+            }
+        };
+        details["go_stack"] = timed("go_stack", go_stack);
+    }
     details["done_at_s"] = sections;
     details["elapsed_s"] = json!(measuring.elapsed().as_secs());
     details["loadavg_before"] = json!(loadavg_before);

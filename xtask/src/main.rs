@@ -61,6 +61,10 @@ enum Cmd {
         /// Short windows and fewer trials: about 3 minutes instead of 15.
         #[arg(long)]
         quick: bool,
+        /// Run only these sections (comma-separated), e.g. `--only go_stack`
+        /// or `--only throughput,go_stack`; default: all of them.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
     /// Only the benchmark of the :authority adapter (on vs off, C=32).
     BenchAuthority {
@@ -113,7 +117,7 @@ fn main() -> ExitCode {
             println!("{}", peer.display());
             ExitCode::SUCCESS
         }),
-        Cmd::Bench { quick } => bench::run(quick, &interrupt_rx),
+        Cmd::Bench { quick, only } => bench::run(quick, &only, &interrupt_rx),
     };
     match result {
         Ok(code) => code,

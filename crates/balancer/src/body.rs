@@ -35,6 +35,11 @@ impl Call {
         }
     }
 
+    /// Time since the call started.
+    pub(crate) fn elapsed(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+
     pub(crate) fn shared(&self) -> Option<&Arc<EndpointShared>> {
         self.shared.as_ref()
     }

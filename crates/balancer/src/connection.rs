@@ -263,7 +263,11 @@ where
 {
     let (spoke_tx, spoke_rx) = oneshot::channel();
     let (io, link) = Monitored::new(stream, spoke_tx, config.freeze_detection.is_some());
-    let io = TokioIo::new(io);
+    // Boxed: hyper keeps the IO inside the h2 connection future, and every
+    // request's task is a variant of the same enum (hyper's
+    // `H2ClientFuture`), so an inline IO (~250 bytes here) would be
+    // allocated and copied again with every call.
+    let io = TokioIo::new(Box::new(io));
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder.timer(TokioTimer::new());
     if let Some(interval) = config.keep_alive_interval {
