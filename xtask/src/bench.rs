@@ -795,120 +795,137 @@ fn print_table(d: &Value) {
         Some(x) => format!("{x:.1}"),
         None => "n/a".to_string(),
     };
-    println!(
-        "\n## Throughput & latency (unary echo, closed loop; {})",
-        d["pinning"].as_str().unwrap_or("")
-    );
-    println!(
-        "warm-up {} s, window {} s, {} round(s) averaged",
-        d["warmup_s"], d["window_s"], d["rounds"]
-    );
-    println!(
-        "| config | C | rps | p50 µs | p99 µs | p999 µs | errors | rps vs direct | rps vs balance_channel |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|");
-    let tp = &d["throughput"];
-    let mut cs: Vec<u64> = tp
-        .as_object()
-        .map(|o| {
-            o.keys()
-                .filter_map(|k| k.split_once('@')?.1.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    cs.sort_unstable();
-    cs.dedup();
-    for c in cs {
-        let base = tp[format!("direct@{c}")]["rps"]
-            .as_f64()
-            .unwrap_or(f64::NAN);
-        let bc = tp[format!("balance_channel@{c}")]["rps"]
-            .as_f64()
-            .unwrap_or(f64::NAN);
-        for mode in MODES {
-            let r = &tp[format!("{mode}@{c}")];
-            let rps = r["rps"].as_f64().unwrap_or(f64::NAN);
+    // Sections left out with `--only` are not printed.
+    if !d["throughput"].is_null() {
+        println!(
+            "\n## Throughput & latency (unary echo, closed loop; {})",
+            d["pinning"].as_str().unwrap_or("")
+        );
+        println!(
+            "warm-up {} s, window {} s, {} round(s) averaged",
+            d["warmup_s"], d["window_s"], d["rounds"]
+        );
+        println!(
+            "| config | C | rps | p50 µs | p99 µs | p999 µs | errors | rps vs direct | rps vs balance_channel |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|");
+        let tp = &d["throughput"];
+        let mut cs: Vec<u64> = tp
+            .as_object()
+            .map(|o| {
+                o.keys()
+                    .filter_map(|k| k.split_once('@')?.1.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        cs.sort_unstable();
+        cs.dedup();
+        for c in cs {
+            let base = tp[format!("direct@{c}")]["rps"]
+                .as_f64()
+                .unwrap_or(f64::NAN);
+            let bc = tp[format!("balance_channel@{c}")]["rps"]
+                .as_f64()
+                .unwrap_or(f64::NAN);
+            for mode in MODES {
+                let r = &tp[format!("{mode}@{c}")];
+                let rps = r["rps"].as_f64().unwrap_or(f64::NAN);
+                println!(
+                    "| {mode} | {c} | {} | {} | {} | {} | {} | {:.3} | {:.3} |",
+                    num(&r["rps"]),
+                    num(&r["p50_us"]),
+                    num(&r["p99_us"]),
+                    num(&r["p999_us"]),
+                    num(&r["errors"]),
+                    rps / base,
+                    rps / bc
+                );
+            }
+        }
+    }
+    if !d["pick"].is_null() {
+        println!(
+            "\n## Pick cost (ns/pick, criterion; 2threads = two threads picking on one balancer)"
+        );
+        println!("| endpoints | rr | rr, 2 threads | sticky | sticky, 2 threads |");
+        println!("|---|---|---|---|---|");
+        let pk = &d["pick"];
+        for n in [1, 10, 100, 1000, 10000] {
             println!(
-                "| {mode} | {c} | {} | {} | {} | {} | {} | {:.3} | {:.3} |",
-                num(&r["rps"]),
-                num(&r["p50_us"]),
-                num(&r["p99_us"]),
-                num(&r["p999_us"]),
-                num(&r["errors"]),
-                rps / base,
-                rps / bc
+                "| {n} | {} | {} | {} | {} |",
+                num(&pk[format!("rr_{n}")]),
+                num(&pk[format!("rr_2threads_{n}")]),
+                num(&pk[format!("sticky_{n}")]),
+                num(&pk[format!("sticky_2threads_{n}")]),
             );
         }
     }
-    println!("\n## Pick cost (ns/pick, criterion; 2threads = two threads picking on one balancer)");
-    println!("| endpoints | rr | rr, 2 threads | sticky | sticky, 2 threads |");
-    println!("|---|---|---|---|---|");
-    let pk = &d["pick"];
-    for n in [1, 10, 100, 1000, 10000] {
+    if !d["propagation"].is_null() {
+        let p = &d["propagation"];
+        println!("\n## Discovery propagation ({} trials, ms)", p["trials"]);
+        println!("| event | p50 | p99 | max |");
+        println!("|---|---|---|---|");
+        for (label, key) in [
+            (
+                "listening (before lease+put) → first routed",
+                "register_from_listening_ms",
+            ),
+            ("logged \"registered\" → first routed", "register_ms"),
+            (
+                "SIGINT (before delete) → last routed",
+                "deregister_from_sigint_ms",
+            ),
+            ("logged \"deregistered\" → last routed", "deregister_ms"),
+        ] {
+            println!(
+                "| {label} | {} | {} | {} |",
+                num(&p[key]["p50"]),
+                num(&p[key]["p99"]),
+                num(&p[key]["max"])
+            );
+        }
+    }
+    if !d["failover"].is_null() {
+        let f = &d["failover"];
+        println!("\n## Failover (C=32, our balancer over two servers discovered in etcd)");
+        println!("| event | failed calls | recovery ms | rps |");
+        println!("|---|---|---|---|");
         println!(
-            "| {n} | {} | {} | {} | {} |",
-            num(&pk[format!("rr_{n}")]),
-            num(&pk[format!("rr_2threads_{n}")]),
-            num(&pk[format!("sticky_{n}")]),
-            num(&pk[format!("sticky_2threads_{n}")]),
+            "| SIGINT one server | {} | - | {} |",
+            num(&f["sigint_errors"]),
+            num(&f["sigint_rps"])
+        );
+        println!(
+            "| SIGKILL one server | {} | {} | {} |",
+            num(&f["sigkill_errors"]),
+            num(&f["sigkill_recovery_ms"]),
+            num(&f["sigkill_rps"])
         );
     }
-    let p = &d["propagation"];
-    println!("\n## Discovery propagation ({} trials, ms)", p["trials"]);
-    println!("| event | p50 | p99 | max |");
-    println!("|---|---|---|---|");
-    for (label, key) in [
-        (
-            "listening (before lease+put) → first routed",
-            "register_from_listening_ms",
-        ),
-        ("logged \"registered\" → first routed", "register_ms"),
-        (
-            "SIGINT (before delete) → last routed",
-            "deregister_from_sigint_ms",
-        ),
-        ("logged \"deregistered\" → last routed", "deregister_ms"),
-    ] {
+    if !d["scale"].is_null() {
+        let s = &d["scale"];
+        println!("\n## Scale");
+        println!("| measure | value |");
+        println!("|---|---|");
         println!(
-            "| {label} | {} | {} | {} |",
-            num(&p[key]["p50"]),
-            num(&p[key]["p99"]),
-            num(&p[key]["max"])
+            "| resolver listing 10 000 endpoints | {} ms, RSS {} MiB |",
+            num(&s["resolve_10k_ms"]),
+            num(&s["resolve_10k_rss_mib"])
+        );
+        println!(
+            "| client over 1 000 endpoints (C=32) | {} rps, p99 {} µs, {} errors, RSS {} MiB |",
+            num(&s["client_1k_rps"]),
+            num(&s["client_1k_p99_us"]),
+            num(&s["client_1k_errors"]),
+            num(&s["client_rss_mib_1k"])
         );
     }
-    let f = &d["failover"];
-    println!("\n## Failover (C=32, our balancer over two servers discovered in etcd)");
-    println!("| event | failed calls | recovery ms | rps |");
-    println!("|---|---|---|---|");
-    println!(
-        "| SIGINT one server | {} | - | {} |",
-        num(&f["sigint_errors"]),
-        num(&f["sigint_rps"])
-    );
-    println!(
-        "| SIGKILL one server | {} | {} | {} |",
-        num(&f["sigkill_errors"]),
-        num(&f["sigkill_recovery_ms"]),
-        num(&f["sigkill_rps"])
-    );
-    let s = &d["scale"];
-    println!("\n## Scale");
-    println!("| measure | value |");
-    println!("|---|---|");
-    println!(
-        "| resolver listing 10 000 endpoints | {} ms, RSS {} MiB |",
-        num(&s["resolve_10k_ms"]),
-        num(&s["resolve_10k_rss_mib"])
-    );
-    println!(
-        "| client over 1 000 endpoints (C=32) | {} rps, p99 {} µs, {} errors, RSS {} MiB |",
-        num(&s["client_1k_rps"]),
-        num(&s["client_1k_p99_us"]),
-        num(&s["client_1k_errors"]),
-        num(&s["client_rss_mib_1k"])
-    );
-    watchers::print(&d["watchers"]);
-    go_stack::print(&d["go_stack"]);
+    if !d["watchers"].is_null() {
+        watchers::print(&d["watchers"]);
+    }
+    if !d["go_stack"].is_null() {
+        go_stack::print(&d["go_stack"]);
+    }
     println!(
         "\nmeasuring took {} s (sections done at {}), after {} s of build; load average before {}, after {}",
         d["elapsed_s"], d["done_at_s"], d["build_s"], d["loadavg_before"], d["loadavg_after"]
