@@ -103,22 +103,7 @@ pub(crate) fn run(quick: bool, only: &[String], interrupt: &Receiver<()>) -> Res
     eprintln!(
         "xtask bench: building echo-server, echo-client, loadgen and the pick benchmark (release)"
     );
-    let status = cargo()
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "echo-server",
-            "-p",
-            "echo-client",
-            "-p",
-            "loadgen",
-        ])
-        .env("PROTOC", &protoc)
-        .status()?;
-    if !status.success() {
-        return Err(format!("cargo build --release failed ({status})").into());
-    }
+    build_release(&["echo-server", "echo-client", "loadgen"], &protoc)?;
     if wanted("pick") {
         let status = cargo()
             .args(["bench", "-p", "balancer", "--bench", "pick", "--no-run"])
@@ -129,18 +114,8 @@ pub(crate) fn run(quick: bool, only: &[String], interrupt: &Receiver<()>) -> Res
         }
     }
     let out_dir = workspace_root().join("target/bench");
-    std::fs::create_dir_all(out_dir.join("logs"))?;
     let etcd = provision_etcd()?;
-    let mut bench = Bench {
-        bin_dir: workspace_root().join("target/release"),
-        logs: out_dir.join("logs"),
-        etcd: etcd.endpoints().join(","),
-        pin: taskset_works(),
-        procs: Vec::new(),
-        interrupt,
-        env: format!("bench{}", std::process::id()),
-        next_server: 0,
-    };
+    let mut bench = Bench::new(&out_dir, etcd.endpoints().join(","), interrupt)?;
     let pinning = if bench.pin {
         format!(
             "loadgen on CPU {CLIENT_CPU}, echo servers on CPU {SERVER_CPU} (taskset); etcd and the pick benchmark unpinned"
@@ -282,6 +257,38 @@ struct Bench<'a> {
     next_server: usize,
 }
 
+/// `cargo build --release -p <package>…` with the vendored protoc.
+fn build_release(packages: &[&str], protoc: &Path) -> Result<()> {
+    let mut cmd = cargo();
+    cmd.args(["build", "--release"]);
+    for package in packages {
+        cmd.args(["-p", package]);
+    }
+    let status = cmd.env("PROTOC", protoc).status()?;
+    if !status.success() {
+        return Err(format!("cargo build --release failed ({status})").into());
+    }
+    Ok(())
+}
+
+impl<'a> Bench<'a> {
+    /// Release binaries, logs under `out_dir/logs`, servers registered in
+    /// the etcd at `etcd` (comma-separated URLs).
+    fn new(out_dir: &Path, etcd: String, interrupt: &'a Receiver<()>) -> Result<Self> {
+        std::fs::create_dir_all(out_dir.join("logs"))?;
+        Ok(Self {
+            bin_dir: workspace_root().join("target/release"),
+            logs: out_dir.join("logs"),
+            etcd,
+            pin: taskset_works(),
+            procs: Vec::new(),
+            interrupt,
+            env: format!("bench{}", std::process::id()),
+            next_server: 0,
+        })
+    }
+}
+
 impl Drop for Bench<'_> {
     fn drop(&mut self) {
         for p in &mut self.procs {
@@ -358,6 +365,19 @@ impl Bench<'_> {
     /// returns its index, address and the time it logged "registered".
     /// The times are those of its "listening on" and "registered" log lines.
     fn server(&mut self, id: &str, env: &str, drain: &str) -> Result<(usize, String, (u64, u64))> {
+        self.server_with(id, env, drain, &[], "echo-server")
+    }
+
+    /// [`server`](Self::server) with `extra` flags, its logs named after
+    /// `name`.
+    fn server_with(
+        &mut self,
+        id: &str,
+        env: &str,
+        drain: &str,
+        extra: &[&str],
+        name: &str,
+    ) -> Result<(usize, String, (u64, u64))> {
         let port = etcd_provision::free_port()?;
         let addr = format!("127.0.0.1:{port}");
         let mut cmd = self.command(SERVER_CPU, "echo-server");
@@ -365,9 +385,10 @@ impl Bench<'_> {
             "--id", id, "--env", env, "--etcd", &self.etcd, "--addr", &addr,
         ])
         .args(["--ttl", "10s", "--drain", drain])
+        .args(extra)
         .env("RUST_LOG", "info");
         self.next_server += 1;
-        let name = format!("echo-server-{id}-{}", self.next_server);
+        let name = format!("{name}-{id}-{}", self.next_server);
         let i = self.spawn(&name, cmd, true)?;
         let (t_listening, _) = self.procs[i].expect(Duration::from_secs(30), "listening", |l| {
             l.contains("listening on")

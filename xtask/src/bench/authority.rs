@@ -12,8 +12,8 @@ use std::{process::ExitCode, sync::mpsc::Receiver, time::Duration};
 
 use serde_json::{Value, json};
 
-use super::{Bench, Plan, SERVER_CPU, taskset_works};
-use crate::{Result, cargo, ensure_protoc, provision_etcd, workspace_root};
+use super::{Bench, Plan};
+use crate::{Result, ensure_protoc, provision_etcd, workspace_root};
 
 /// `cargo xtask bench-authority [--quick]`: this section alone, with the
 /// same build, etcd and pinning as `cargo xtask bench`; writes
@@ -22,26 +22,10 @@ pub(crate) fn run_alone(quick: bool, interrupt: &Receiver<()>) -> Result<ExitCod
     let plan = Plan::new(quick);
     let protoc = ensure_protoc()?;
     eprintln!("xtask bench-authority: building echo-server and loadgen (release)");
-    let status = cargo()
-        .args(["build", "--release", "-p", "echo-server", "-p", "loadgen"])
-        .env("PROTOC", &protoc)
-        .status()?;
-    if !status.success() {
-        return Err(format!("cargo build --release failed ({status})").into());
-    }
+    super::build_release(&["echo-server", "loadgen"], &protoc)?;
     let out_dir = workspace_root().join("target/bench");
-    std::fs::create_dir_all(out_dir.join("logs"))?;
     let etcd = provision_etcd()?;
-    let mut bench = Bench {
-        bin_dir: workspace_root().join("target/release"),
-        logs: out_dir.join("logs"),
-        etcd: etcd.endpoints().join(","),
-        pin: taskset_works(),
-        procs: Vec::new(),
-        interrupt,
-        env: format!("bench{}", std::process::id()),
-        next_server: 0,
-    };
+    let mut bench = Bench::new(&out_dir, etcd.endpoints().join(","), interrupt)?;
     let mut d = json!({ "quick": quick, "pinned": bench.pin });
     d["authority"] = bench.authority(&plan)?;
     drop(bench);
@@ -59,21 +43,7 @@ const CONCURRENCY: usize = 32;
 impl Bench<'_> {
     /// An `echo-server` with extra flags; returns its index and address.
     fn authority_server(&mut self, id: &str, env: &str, extra: &[&str]) -> Result<(usize, String)> {
-        let port = etcd_provision::free_port()?;
-        let addr = format!("127.0.0.1:{port}");
-        let mut cmd = self.command(SERVER_CPU, "echo-server");
-        cmd.args([
-            "--id", id, "--env", env, "--etcd", &self.etcd, "--addr", &addr,
-        ])
-        .args(["--ttl", "10s", "--drain", "0ms"])
-        .args(extra)
-        .env("RUST_LOG", "info");
-        self.next_server += 1;
-        let name = format!("echo-server-authority-{id}-{}", self.next_server);
-        let i = self.spawn(&name, cmd, true)?;
-        self.procs[i].expect(Duration::from_secs(30), "registration", |l| {
-            l.contains("registered discovery/") && !l.contains("deregistered")
-        })?;
+        let (i, addr, _) = self.server_with(id, env, "0ms", extra, "echo-server-authority")?;
         Ok((i, addr))
     }
 
