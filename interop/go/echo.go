@@ -11,9 +11,13 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/golang/protobuf/ptypes/wrappers"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 )
 
 const echoService = "grpc.examples.echo.Echo"
@@ -29,6 +33,34 @@ const (
 // echoServer answers like echo-server: "<message> (from <id>)".
 type echoServer struct {
 	id string
+	// delay comes before every UnaryEcho reply (--delay); a call's
+	// "x-delay" metadata (a Go duration) overrides it for that call.
+	delay time.Duration
+}
+
+// wait holds a UnaryEcho call for its delay; a cancelled call stops waiting.
+func (s *echoServer) wait(ctx context.Context) error {
+	d := s.delay
+	if md, ok := metadata.FromIncomingContext(ctx); ok {
+		if v := md.Get("x-delay"); len(v) > 0 {
+			parsed, err := time.ParseDuration(v[0])
+			if err != nil || parsed < 0 {
+				return status.Errorf(codes.InvalidArgument, "x-delay %q: not a duration like 1.5s", v[0])
+			}
+			d = parsed
+		}
+	}
+	if d <= 0 {
+		return nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return status.FromContextError(ctx.Err()).Err()
+	}
 }
 
 func (s *echoServer) reply(message string) *wrappers.StringValue {
@@ -41,6 +73,9 @@ func unaryHandler(srv interface{}, ctx context.Context, dec func(interface{}) er
 		return nil, err
 	}
 	s := srv.(*echoServer)
+	if err := s.wait(ctx); err != nil {
+		return nil, err
+	}
 	if interceptor == nil {
 		return s.reply(req.Value), nil
 	}

@@ -26,10 +26,14 @@ func runServer(args []string) {
 	addr := fs.String("addr", "127.0.0.1:0", "listen address; the bound one is registered")
 	ttl := fs.Duration("ttl", 60*time.Second, "lease TTL, kept alive while running")
 	drain := fs.Duration("drain", 0, "pause between deregistering and stopping (the seed has none)")
+	delay := fs.Duration("delay", 0, "added before every UnaryEcho reply (a call's x-delay metadata overrides it)")
 	parse(fs, args)
 	c.check()
 	if *id == "" {
 		usage("--id is required")
+	}
+	if *delay < 0 {
+		usage("--delay must not be negative: got %v", *delay)
 	}
 	if *ttl < time.Second {
 		usage("--ttl must be at least 1s: got %v", *ttl)
@@ -43,7 +47,7 @@ func runServer(args []string) {
 	logf("id=%s listening on %s", *id, bound)
 
 	s := grpc.NewServer()
-	s.RegisterService(&echoServiceDesc, &echoServer{id: *id})
+	s.RegisterService(&echoServiceDesc, &echoServer{id: *id, delay: *delay})
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(s, hs)
 	go func() {

@@ -47,21 +47,38 @@ fn target_dir() -> Result<PathBuf, String> {
 /// Runs the Go peer in `mode` (`server`, `client`, `load`, `list`) with
 /// `args`.
 pub fn spawn(name: &str, mode: &str, args: &[&str]) -> Proc {
+    spawn_with(name, mode, args, &[])
+}
+
+/// [`spawn`] with extra environment variables (e.g. grpc-go's
+/// `GRPC_GO_LOG_VERBOSITY_LEVEL`).
+pub fn spawn_with(name: &str, mode: &str, args: &[&str], vars: &[(&str, &str)]) -> Proc {
     let mut all = vec![mode];
     all.extend_from_slice(args);
-    Proc::spawn_exe(name, &go_peer(), &all, &[])
+    Proc::spawn_exe(name, &go_peer(), &all, vars)
 }
 
 /// A Go server (`go-peer server`) with the given id, env and etcd, waited
 /// for until it is registered; returns it and its bound address.
 pub fn start_server(id: &str, env: &str, etcd: &[String], extra: &[&str]) -> (Proc, String) {
+    start_server_with(id, env, etcd, extra, &[])
+}
+
+/// [`start_server`] with extra environment variables.
+pub fn start_server_with(
+    id: &str,
+    env: &str,
+    etcd: &[String],
+    extra: &[&str],
+    vars: &[(&str, &str)],
+) -> (Proc, String) {
     crate::process::start_registered(
         &format!("go server {id}"),
         id,
         env,
         etcd,
         extra,
-        |name, args| spawn(name, "server", args),
+        |name, args| spawn_with(name, "server", args, vars),
     )
 }
 

@@ -6,8 +6,14 @@
 //! directions (a 9-byte header tells each frame's length): on the way out it
 //! counts the streams hyper opens and can slip a PING frame in between two of
 //! hyper's frames; on the way in it notes when the server last sent anything,
-//! which streams it ended, and takes out the ACK of our own PING so that hyper
-//! never sees a PING it did not send.
+//! which streams it answered, and takes out the ACK of our own PING so that
+//! hyper never sees a PING it did not send.
+//!
+//! A stream is "awaiting the server" from the client's HEADERS until the
+//! server's first HEADERS on it (or its end). Only such streams make a
+//! connection suspect when it is silent: a stream that has its response
+//! headers — a server-streaming watch, a lease keepalive, a health `Watch` —
+//! may rightly stay silent for hours, and is no sign of a frozen server.
 //!
 //! The [`watch`] task decides. grpc-go servers close a connection with
 //! `GOAWAY too_many_pings` after more than two "strikes", a strike being a
@@ -16,8 +22,9 @@
 //! probes are spent like that: a probe after server HEADERS/DATA is free, any
 //! other costs a strike (counted here on the safe side: a strike unless we
 //! ourselves saw HEADERS/DATA since the last probe), and no probe is sent that
-//! would take the count above two. Within one silence the wait before the next
-//! probe doubles.
+//! would take the count above two. hyper's own keepalive PINGs (when
+//! `keep_alive_interval` is set) are seen on the way out and counted against
+//! the same budget. Within one silence the wait before the next probe doubles.
 
 use std::{
     collections::HashSet,
@@ -84,12 +91,16 @@ pub(crate) struct Link {
     epoch: Instant,
     /// Nanoseconds since `epoch` of the last bytes from the server.
     last_rx: AtomicU64,
-    /// Nanoseconds since `epoch` when the open-stream count last left zero.
+    /// Nanoseconds since `epoch` when the awaiting-stream count last left zero.
     waiting_since: AtomicU64,
-    /// Streams opened by the client that the server has not ended.
+    /// Streams opened by the client that the server has neither answered
+    /// (response HEADERS) nor ended.
     outstanding: AtomicUsize,
     /// HEADERS and DATA frames received.
     data_frames: AtomicU64,
+    /// PINGs hyper itself sent (HTTP/2 keepalive): the server counts them
+    /// against the same strike budget as our probes.
+    keepalive_pings: AtomicU64,
     going_away: AtomicBool,
     /// The next stream the client opens is the balancer's own health watch,
     /// which is silent by design: not counted.
@@ -113,6 +124,7 @@ impl Link {
             waiting_since: AtomicU64::new(0),
             outstanding: AtomicUsize::new(0),
             data_frames: AtomicU64::new(0),
+            keepalive_pings: AtomicU64::new(0),
             going_away: AtomicBool::new(false),
             skip_next: AtomicBool::new(false),
             ping_wanted: AtomicU64::new(0),
@@ -132,7 +144,8 @@ impl Link {
         self.epoch + Duration::from_nanos(nanos)
     }
 
-    /// Calls in flight on the connection (streams the server has not ended).
+    /// Calls on the connection still waiting for the server's response
+    /// headers.
     pub(crate) fn outstanding(&self) -> usize {
         self.outstanding.load(Ordering::Relaxed)
     }
@@ -210,7 +223,11 @@ pub(crate) struct Monitored<S> {
     spoke: Option<oneshot::Sender<u8>>,
     /// `None`: freeze detection off, a plain pass-through.
     link: Option<Arc<Link>>,
-    open: HashSet<u32>,
+    /// Streams awaiting the server (see the module docs).
+    awaiting: HashSet<u32>,
+    /// The highest stream id the client has opened: a client HEADERS on a
+    /// lower id is trailers, not a new call.
+    last_opened: u32,
     // Outgoing side.
     preface_left: usize,
     out: FrameWalk,
@@ -237,7 +254,8 @@ impl<S> Monitored<S> {
             inner,
             spoke: Some(spoke),
             link: link.clone(),
-            open: HashSet::new(),
+            awaiting: HashSet::new(),
+            last_opened: 0,
             preface_left: PREFACE_LEN,
             out: FrameWalk::default(),
             ping: None,
@@ -255,7 +273,7 @@ impl<S> Monitored<S> {
     }
 
     fn set_outstanding(&self, link: &Link, before: usize) {
-        let now = self.open.len();
+        let now = self.awaiting.len();
         if before == 0 && now > 0 {
             link.waiting_since.store(link.now(), Ordering::Relaxed);
         }
@@ -290,16 +308,21 @@ impl<S> Monitored<S> {
             self.out.header_len = 0;
             let h = parse_header(&self.out.header);
             self.out.payload_left = h.len;
-            let before = self.open.len();
+            let before = self.awaiting.len();
             match h.kind {
-                TYPE_HEADERS if h.stream % 2 == 1 => {
+                TYPE_HEADERS if h.stream % 2 == 1 && h.stream > self.last_opened => {
+                    self.last_opened = h.stream;
                     if link.skip_next.swap(false, Ordering::Relaxed) {
                         continue;
                     }
-                    self.open.insert(h.stream);
+                    self.awaiting.insert(h.stream);
                 }
                 TYPE_RST_STREAM => {
-                    self.open.remove(&h.stream);
+                    self.awaiting.remove(&h.stream);
+                }
+                TYPE_PING if h.flags & FLAG_ACK == 0 => {
+                    link.keepalive_pings.fetch_add(1, Ordering::Relaxed);
+                    continue;
                 }
                 _ => continue,
             }
@@ -373,21 +396,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Monitored<S> {
                     continue;
                 }
             }
-            let before = self.open.len();
+            let before = self.awaiting.len();
             match h.kind {
-                TYPE_DATA | TYPE_HEADERS => {
+                // The first response HEADERS answers the stream: from then on
+                // the server may stay silent on it as long as it likes.
+                TYPE_HEADERS => {
+                    link.data_frames.fetch_add(1, Ordering::Relaxed);
+                    self.awaiting.remove(&h.stream);
+                }
+                TYPE_DATA => {
                     link.data_frames.fetch_add(1, Ordering::Relaxed);
                     if h.flags & FLAG_END_STREAM != 0 {
-                        self.open.remove(&h.stream);
+                        self.awaiting.remove(&h.stream);
                     }
                 }
                 TYPE_RST_STREAM => {
-                    self.open.remove(&h.stream);
+                    self.awaiting.remove(&h.stream);
                 }
                 TYPE_GOAWAY => link.going_away.store(true, Ordering::Relaxed),
                 _ => {}
             }
-            if before != self.open.len() {
+            if before != self.awaiting.len() {
                 self.set_outstanding(link, before);
             }
             self.deliver_left = HEADER_LEN + h.len;
@@ -555,22 +584,39 @@ pub(crate) struct PingBudget {
 }
 
 impl PingBudget {
-    /// Whether a PING now, with `data_frames` HEADERS/DATA received so far,
-    /// keeps the server's strikes within its limit; if so, counts it.
-    pub(crate) fn try_spend(&mut self, now: Instant, data_frames: u64) -> bool {
-        let strikes = match self.last_ping {
+    /// The strikes the server would count for a PING now, with
+    /// `data_frames` HEADERS/DATA received so far.
+    fn strikes_at(&self, now: Instant, data_frames: u64) -> u32 {
+        match self.last_ping {
             None => 0,
             Some(_) if data_frames != self.data_at_last_ping => 0,
             Some(last) if now.duration_since(last) > STRIKE_WINDOW => self.strikes,
             Some(_) => self.strikes + 1,
-        };
-        if strikes > MAX_STRIKES {
-            return false;
         }
+    }
+
+    fn spend(&mut self, strikes: u32, now: Instant, data_frames: u64) {
         self.strikes = strikes;
         self.last_ping = Some(now);
         self.data_at_last_ping = data_frames;
+    }
+
+    /// Whether a PING now, with `data_frames` HEADERS/DATA received so far,
+    /// keeps the server's strikes within its limit; if so, counts it.
+    pub(crate) fn try_spend(&mut self, now: Instant, data_frames: u64) -> bool {
+        let strikes = self.strikes_at(now, data_frames);
+        if strikes > MAX_STRIKES {
+            return false;
+        }
+        self.spend(strikes, now, data_frames);
         true
+    }
+
+    /// Counts a PING someone else sent (hyper's keepalive): it was sent
+    /// whatever the budget said, and costs what it costs.
+    pub(crate) fn note_sent(&mut self, now: Instant, data_frames: u64) {
+        let strikes = self.strikes_at(now, data_frames);
+        self.spend(strikes, now, data_frames);
     }
 }
 
@@ -587,14 +633,21 @@ pub(crate) async fn watch(
     // the silence needed before the next one.
     let mut answered: u32 = 0;
     let mut data_at_answer = 0;
+    let mut keepalives_seen = 0;
     let idle_check = config.suspect_after / 2;
     loop {
+        let data_frames = link.data_frames.load(Ordering::Relaxed);
+        let keepalives = link.keepalive_pings.load(Ordering::Relaxed);
+        for _ in keepalives_seen..keepalives {
+            // Noticed late, so counted as if sent now: on the safe side.
+            budget.note_sent(Instant::now(), data_frames);
+        }
+        keepalives_seen = keepalives;
         let outstanding = link.outstanding();
         if outstanding == 0 || link.going_away.load(Ordering::Relaxed) {
             tokio::time::sleep(idle_check).await;
             continue;
         }
-        let data_frames = link.data_frames.load(Ordering::Relaxed);
         if data_frames != data_at_answer {
             answered = 0;
         }
@@ -605,7 +658,14 @@ pub(crate) async fn watch(
         let threshold = config.suspect_after * 2u32.pow(answered.min(16));
         let now = Instant::now();
         if now < quiet_since + threshold {
-            tokio::time::sleep_until(quiet_since + threshold).await;
+            let mut wake = quiet_since + threshold;
+            if answered > 0 {
+                // Server data (the answer to the call) ends the doubled wait
+                // and a new call's silence counts from its start: look again
+                // soon, or that call would be suspected late.
+                wake = wake.min(now + config.suspect_after / 4);
+            }
+            tokio::time::sleep_until(wake).await;
             continue;
         }
         if !budget.try_spend(now, data_frames) {
@@ -678,6 +738,20 @@ mod tests {
         assert!(!budget.try_spend(t0 + Duration::from_secs(7), 1));
         assert!(budget.try_spend(t0 + Duration::from_secs(7) + STRIKE_WINDOW * 2, 1));
         assert_eq!(budget.strikes, MAX_STRIKES);
+    }
+
+    #[test]
+    fn keepalive_pings_use_up_the_probe_budget() {
+        let mut budget = PingBudget::default();
+        let t0 = Instant::now();
+        assert!(budget.try_spend(t0, 0));
+        // hyper's keepalive PINGs in the same silence: two strikes.
+        budget.note_sent(t0 + Duration::from_secs(1), 0);
+        budget.note_sent(t0 + Duration::from_secs(2), 0);
+        assert_eq!(budget.strikes, MAX_STRIKES);
+        assert!(!budget.try_spend(t0 + Duration::from_secs(3), 0));
+        // Server data since: free again.
+        assert!(budget.try_spend(t0 + Duration::from_secs(4), 1));
     }
 
     #[test]

@@ -336,6 +336,13 @@ impl Owner {
                     .iter()
                     .filter(|e| !excluded_before.contains(e))
                 {
+                    if matches!(why, Exclusion::Suspected { .. }) {
+                        // The connection task reports each probe it sends.
+                        managed
+                            .shared
+                            .probes
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     tracing::warn!(balancer = %name, endpoint = %endpoint, "endpoint not picked: {why}");
                 }
                 if was_excluded && managed.exclusions().is_empty() {

@@ -123,6 +123,11 @@ pub struct EndpointStatus {
     /// Requests that failed on it at the transport level (not gRPC errors
     /// returned by the server).
     pub failures: u64,
+    /// Freeze-detection PING probes sent to it: one each time it was
+    /// suspected (silent with calls awaiting an answer).
+    pub probes: u64,
+    /// Calls sent to it that have not ended yet.
+    pub in_flight: u64,
     /// Why the last connection attempt failed or the last connection ended.
     pub last_error: Option<String>,
     /// Why it is not picked although READY (empty when it is picked).
@@ -187,6 +192,7 @@ pub(crate) struct EndpointShared {
     state: AtomicU8,
     pub(crate) picks: AtomicU64,
     pub(crate) failures: AtomicU64,
+    pub(crate) probes: AtomicU64,
     last_error: Mutex<Option<String>>,
     /// What policies read: outstanding requests, latency, failures.
     pub(crate) signals: Signals,
@@ -217,6 +223,7 @@ impl EndpointShared {
             state: AtomicU8::new(ConnectivityState::Idle.to_u8()),
             picks: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            probes: AtomicU64::new(0),
             last_error: Mutex::new(None),
             signals: Signals::default(),
             excluded: Mutex::new(Vec::new()),
@@ -266,6 +273,8 @@ impl EndpointShared {
             state: self.state(),
             picks: self.picks.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
+            probes: self.probes.load(Ordering::Relaxed),
+            in_flight: self.signals.outstanding(),
             last_error: self.last_error.lock().ok().and_then(|e| e.clone()),
             excluded: self.excluded.lock().map(|e| e.clone()).unwrap_or_default(),
         }

@@ -833,3 +833,60 @@ async fn probes_never_earn_a_grpc_go_too_many_pings() {
     assert_eq!(status(&balancer.endpoints(), "1").failures, 0);
     slow.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answered_silent_streams_are_not_suspected_but_a_stalled_call_is() {
+    let server = TestServer::start("1");
+    let (addr, police) = policed(server.addr).await;
+    let balancer = Balancer::builder()
+        .name("grey")
+        .freeze_detection(Some(DETECTION))
+        .build(futures::stream::iter([Change::Insert(
+            "1".into(),
+            Endpoint::new(&addr.to_string()).expect("endpoint"),
+        )]));
+    balancer.wait_for_ready(1).await;
+    let mut client: Client = EchoClient::new(balancer.clone());
+    // Watch-like streams: answered with headers, then silent.
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let stream = client
+            .server_streaming_echo(EchoRequest {
+                message: "silent".into(),
+            })
+            .await
+            .expect("stream answered")
+            .into_inner();
+        streams.push(stream);
+    }
+    // Nothing can be awaited for "nothing happens": give the detector
+    // several times its threshold to get it wrong.
+    tokio::time::sleep(DETECTION.suspect_after * 5).await;
+    let pings = police.lock().expect("police").pings;
+    let now = status(&balancer.endpoints(), "1").clone();
+    assert_eq!(pings, 0, "answered streams must not be probed");
+    assert!(now.excluded.is_empty(), "{:?}", now.excluded);
+    assert_eq!(now.state, ConnectivityState::Ready);
+
+    // A unary call the server never answers, next to the silent streams:
+    // suspected and probed (the server answers the PING, so it stays).
+    let mut slow_client = client.clone();
+    let slow = tokio::spawn(async move {
+        slow_client
+            .unary_echo(EchoRequest {
+                message: "slow".into(),
+            })
+            .await
+    });
+    server.slow_call.notified().await;
+    balancer
+        .wait_until(|all| suspected(status(all, "1")).is_some())
+        .await;
+    balancer
+        .wait_until(|all| status(all, "1").excluded.is_empty())
+        .await;
+    assert!(police.lock().expect("police").pings >= 1);
+    assert_eq!(server.connections.load(Ordering::Relaxed), 1);
+    slow.abort();
+    drop(streams);
+}

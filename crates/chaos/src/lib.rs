@@ -10,6 +10,13 @@
 //! - no failed call while etcd is down or coming back (clients keep the last
 //!   known set, servers keep serving);
 //! - at the end the etcd prefix holds exactly the live servers;
+//! - a server frozen with SIGSTOP for 1.8–2.5 s (a GC pause, a stuck disk):
+//!   it is suspected while frozen and gets no new calls from then until
+//!   SIGCONT; the only failed calls are `UNAVAILABLE` naming it, no more than
+//!   the calls that were in flight on it while it was frozen; after SIGCONT
+//!   it gets calls again;
+//! - a slow server (SIGSTOP 300 ms / SIGCONT 200 ms, six times): no failed
+//!   call, since a server that keeps answering is not given up;
 //! - on a cluster ([`Config::members`] ≥ 3), which the schedule also hits
 //!   with member kills, leader kills and member restarts: no failed call
 //!   after any of them, and every live server's key present in every
@@ -18,7 +25,7 @@
 //!   baseline, etcd's temp dir is gone.
 //!
 //! `cargo xtask chaos [--duration 60s] [--seed N]` runs it; the test suite runs
-//! a 20 s version. It needs an `etcd` binary (it kills and restarts its own).
+//! a 20 s version (freezes and slow periods add a few seconds to it). It needs an `etcd` binary (it kills and restarts its own).
 //! Servers' logs are discarded unless `CHAOS_SERVER_LOGS` is set.
 //!
 //! ```no_run
@@ -125,6 +132,14 @@ pub struct Report {
     pub failed_after_member_kill: u64,
     /// Failed calls after the leader's kill (and restart).
     pub failed_after_leader_kill: u64,
+    /// Server freezes (SIGSTOP … SIGCONT) in the schedule.
+    pub freezes: u64,
+    /// Failed calls after freezes.
+    pub failed_after_freeze: u64,
+    /// Slow periods (short SIGSTOP/SIGCONT cycles) in the schedule.
+    pub slow_periods: u64,
+    /// Failed calls after slow periods.
+    pub failed_after_slow: u64,
     /// Samples of the prefix taken (every 100 ms; reads etcd could not
     /// answer, e.g. while all of it is down, are not samples).
     pub key_samples: u64,
@@ -158,6 +173,11 @@ impl fmt::Display for Report {
             self.key_samples,
             self.key_samples_missing
         )?;
+        writeln!(
+            f,
+            "grey: {} freezes ({} failed calls after them), {} slow periods ({} failed)",
+            self.freezes, self.failed_after_freeze, self.slow_periods, self.failed_after_slow
+        )?;
         if self.violations.is_empty() {
             write!(f, "verdict: PASS (every invariant held)")
         } else {
@@ -178,6 +198,8 @@ enum Kind {
     EtcdDown,
     MemberKill,
     LeaderKill,
+    Freeze,
+    Slow,
 }
 
 /// The etcd of a run: one process, or a local cluster.
@@ -229,6 +251,9 @@ struct Event {
     at: Instant,
     kind: Kind,
     what: String,
+    /// A freeze: the frozen server's address, which every failed call after
+    /// it must name, and the failed calls allowed (calls in flight on it).
+    frozen: Option<(String, u64)>,
 }
 
 struct Server {
@@ -351,7 +376,9 @@ impl Harness {
             at: Instant::now(),
             kind: Kind::Start,
             what: "load started".into(),
+            frozen: None,
         }];
+        let mut grey_violations = Vec::new();
         let started = Instant::now();
         while started.elapsed() < self.config.duration {
             sleep(Duration::from_millis(rng.u64(300..900))).await;
@@ -359,6 +386,22 @@ impl Harness {
             let i = rng.usize(0..self.servers.len());
             let at = Instant::now();
             let cluster = matches!(self.etcd, Etcd::Cluster(_));
+            let grey = rng.u8(0..100);
+            if grey < 25 {
+                let event = if grey < 16 {
+                    let millis = rng.u64(1800..2500);
+                    let (event, mut found) = self
+                        .freeze_server(i, Duration::from_millis(millis), &client, &sticky)
+                        .await?;
+                    grey_violations.append(&mut found);
+                    event
+                } else {
+                    self.slow_server(i).await?
+                };
+                events.push(event);
+                sleep(Duration::from_millis(rng.u64(300..900))).await;
+                continue;
+            }
             let (kind, what) = if cluster && roll >= 60 {
                 // A cluster: members, the leader included, fail one at a
                 // time; now and then the whole cluster goes down.
@@ -385,7 +428,12 @@ impl Harness {
                 tokio::task::block_in_place(|| self.etcd.kill_all());
                 (Kind::EtcdDown, "kill etcd".to_string())
             };
-            events.push(Event { at, kind, what });
+            events.push(Event {
+                at,
+                kind,
+                what,
+                frozen: None,
+            });
             sleep(Duration::from_millis(rng.u64(300..1500))).await;
             match kind {
                 Kind::MemberKill | Kind::LeaderKill => {
@@ -440,6 +488,7 @@ impl Harness {
         let failures = self.failures.lock().map(|f| f.clone()).unwrap_or_default();
         report.ok = self.ok.load(Ordering::Relaxed);
         report.failed = failures.len() as u64;
+        report.violations.append(&mut grey_violations);
         for (n, event) in events.iter().enumerate() {
             let until = events.get(n + 1).map_or(end, |e| e.at);
             let here: Vec<&String> = failures
@@ -448,16 +497,35 @@ impl Harness {
                 .map(|(_, e)| e)
                 .collect();
             let count = here.len() as u64;
-            let allowed = match event.kind {
-                Kind::SigKill => self.config.concurrency as u64,
+            let allowed = match (&event.frozen, event.kind) {
+                (Some((_, in_flight)), _) => *in_flight,
+                (None, Kind::SigKill) => self.config.concurrency as u64,
                 _ => 0,
             };
+            if let Some((addr, _)) = &event.frozen
+                && let Some(other) = here
+                    .iter()
+                    .find(|e| !(e.starts_with("Unavailable") && e.contains(addr.as_str())))
+            {
+                report.violations.push(format!(
+                    "{}: a failed call that is not UNAVAILABLE naming {addr}: {other}",
+                    event.what
+                ));
+            }
             match event.kind {
                 Kind::SigInt => report.failed_after_sigint += count,
                 Kind::SigKill => report.failed_after_sigkill += count,
                 Kind::EtcdDown => report.failed_while_etcd_down += count,
                 Kind::MemberKill => report.failed_after_member_kill += count,
                 Kind::LeaderKill => report.failed_after_leader_kill += count,
+                Kind::Freeze => {
+                    report.freezes += 1;
+                    report.failed_after_freeze += count;
+                }
+                Kind::Slow => {
+                    report.slow_periods += 1;
+                    report.failed_after_slow += count;
+                }
                 Kind::Start => {}
             }
             let offset = event.at.duration_since(events[0].at);
@@ -555,6 +623,147 @@ impl Harness {
             })?;
         server.child = Some(child);
         Ok(())
+    }
+
+    /// Sends `signal` to server `i` without waiting for anything.
+    async fn kill_quietly(&self, i: usize, signal: &str) {
+        if let Some(pid) = self.servers[i].child.as_ref().and_then(Child::id) {
+            let _ = Command::new("kill")
+                .args([signal, &pid.to_string()])
+                .status()
+                .await;
+        }
+    }
+
+    /// Freezes server `i` for `hold` (SIGSTOP, then SIGCONT) under the load
+    /// and checks what the clients did meanwhile; returns the event (with
+    /// the calls in flight on the server while frozen, which bound the
+    /// failures it may cause) and the violations seen.
+    async fn freeze_server(
+        &mut self,
+        i: usize,
+        hold: Duration,
+        client: &Balancer,
+        sticky: &Balancer,
+    ) -> Result<(Event, Vec<String>), Error> {
+        let addr = self.servers[i].addr.clone();
+        let id = self.servers[i].id.clone();
+        let what = format!("SIGSTOP server {id} for {hold:.1?}");
+        let mut violations = Vec::new();
+        // A 3 s lease may lapse while its keepalives are frozen.
+        let key = format!("{}/{}", self.prefix(), addr);
+        if let Ok(mut must) = self.must.lock() {
+            must.remove(&key);
+        }
+        let at = Instant::now();
+        self.kill_quietly(i, "-STOP").await;
+        let balancers = [client, sticky];
+        // Per balancer: picks soon after it was first seen suspecting the
+        // server (a pick from the snapshot before may still land).
+        let mut seen_at: [Option<Instant>; 2] = [None; 2];
+        let mut picks_after: [Option<u64>; 2] = [None; 2];
+        let mut in_flight_peak = 0;
+        let until = at + hold;
+        while Instant::now() < until {
+            let mut in_flight = 0;
+            for (n, balancer) in balancers.iter().enumerate() {
+                let status = balancer
+                    .endpoints()
+                    .into_iter()
+                    .find(|e| e.endpoint.addr() == addr);
+                in_flight += status.as_ref().map_or(0, |s| s.in_flight);
+                let avoided = status
+                    .as_ref()
+                    .is_none_or(|s| s.state != ConnectivityState::Ready || !s.excluded.is_empty());
+                let picks = status.as_ref().map_or(0, |s| s.picks);
+                match (seen_at[n], picks_after[n]) {
+                    (None, _) if avoided => seen_at[n] = Some(Instant::now()),
+                    (Some(seen), None) if seen.elapsed() >= Duration::from_millis(100) => {
+                        picks_after[n] = Some(picks);
+                    }
+                    (Some(_), Some(before)) if picks > before => {
+                        violations.push(format!(
+                            "{what}: {} more calls picked for it after it was suspected",
+                            picks - before
+                        ));
+                        picks_after[n] = Some(picks);
+                    }
+                    _ => {}
+                }
+            }
+            in_flight_peak = in_flight_peak.max(in_flight);
+            sleep(Duration::from_millis(20)).await;
+        }
+        let picks_at_cont = client
+            .endpoints()
+            .into_iter()
+            .find(|e| e.endpoint.addr() == addr)
+            .map_or(0, |s| s.picks);
+        self.kill_quietly(i, "-CONT").await;
+        if seen_at[0].is_none() {
+            violations.push(format!(
+                "{what}: never suspected while frozen (freeze detection suspects after 1 s)"
+            ));
+        }
+        // Back: READY in both clients (registered again if its lease lapsed)
+        // and getting calls.
+        for balancer in balancers {
+            wait_ready(balancer, self.servers.len(), Duration::from_secs(30))
+                .await
+                .map_err(|_| {
+                    err(format!(
+                        "server {id} did not come back within 30 s of SIGCONT"
+                    ))
+                })?;
+        }
+        self.must_have(i);
+        // Picks change no state the balancer announces: polled.
+        let picked_again = || {
+            client
+                .endpoints()
+                .into_iter()
+                .find(|e| e.endpoint.addr() == addr)
+                // Fewer: removed (its lease lapsed) and added again.
+                .is_some_and(|e| e.picks > 0 && e.picks != picks_at_cont)
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !picked_again() && Instant::now() < deadline {
+            sleep(Duration::from_millis(20)).await;
+        }
+        if !picked_again() {
+            violations.push(format!(
+                "{what}: no call picked for it within 15 s of SIGCONT"
+            ));
+        }
+        let event = Event {
+            at,
+            kind: Kind::Freeze,
+            what: format!("{what} ({in_flight_peak} calls in flight on it)"),
+            frozen: Some((addr, in_flight_peak)),
+        };
+        Ok((event, violations))
+    }
+
+    /// Makes server `i` slow without freezing it for long: six cycles of
+    /// SIGSTOP 300 ms, SIGCONT 200 ms. Silences stay under `suspect_after`,
+    /// so no call may fail.
+    async fn slow_server(&mut self, i: usize) -> Result<Event, Error> {
+        let at = Instant::now();
+        for _ in 0..6 {
+            self.kill_quietly(i, "-STOP").await;
+            sleep(Duration::from_millis(300)).await;
+            self.kill_quietly(i, "-CONT").await;
+            sleep(Duration::from_millis(200)).await;
+        }
+        Ok(Event {
+            at,
+            kind: Kind::Slow,
+            what: format!(
+                "slow server {}: SIGSTOP 300 ms / SIGCONT 200 ms six times",
+                self.servers[i].id
+            ),
+            frozen: None,
+        })
     }
 
     async fn signal_server(&mut self, i: usize, signal: &str) -> Result<(), Error> {

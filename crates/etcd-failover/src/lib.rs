@@ -53,7 +53,8 @@
 use std::{fmt, time::Duration};
 
 use balancer::{
-    BackoffConfig, Balancer, Change, ConnectivityState, Endpoint, EndpointConfig, TlsConfig,
+    BackoffConfig, Balancer, Change, ConnectivityState, Endpoint, EndpointConfig, FreezeDetection,
+    TlsConfig,
 };
 use etcd_client::{Channel, Client, ConnectOptions};
 use etcd_security::EtcdTls;
@@ -220,12 +221,19 @@ pub async fn connect<E: AsRef<str>>(
         keep_alive_interval: Some(Duration::from_secs(10)),
         keep_alive_timeout: Duration::from_secs(5),
         tls,
-        // Off: an etcd connection carries long-lived watch and keepalive
-        // streams that are silent while nothing changes, which freeze
-        // detection takes for stalled calls (measured: with 1 000 watches
-        // every member was "suspected frozen" and puts failed). HTTP/2
-        // keepalive above and require-leader cover a dead or cut-off member.
-        freeze_detection: None,
+        // Freeze detection on: a member silent for 1 s with requests still
+        // waiting for their response headers (SIGSTOP, a stuck disk) gets no
+        // new requests until it answers a PING. Idle watch and
+        // lease-keepalive streams, which etcd answers at once and then
+        // leaves silent while nothing changes, do not make a member suspect.
+        // The PING may take 5 s (the keepalive's timeout) before the
+        // connection is given up: a busy member on a loaded host answered
+        // after up to 1.8 s in a 1 000-watcher run, and ending its
+        // connection would fail every request on it.
+        freeze_detection: Some(FreezeDetection {
+            suspect_after: Duration::from_secs(1),
+            probe_timeout: Duration::from_secs(5),
+        }),
         ..EndpointConfig::default()
     };
     let balancer = Balancer::builder()
@@ -234,8 +242,10 @@ pub async fn connect<E: AsRef<str>>(
         .ready_timeout(connect_timeout)
         .max_retries(urls.len().max(3))
         // Off: etcd's own errors during an election ("no leader", "request
-        // timed out") would eject healthy members; the registry and the
-        // resolver retry those themselves.
+        // timed out") come from every member alike and would eject healthy
+        // ones, leaving fewer members to fail over to; the registry and the
+        // resolver retry those themselves. A frozen or dead member is left
+        // by freeze detection and the connection's end, not by ejection.
         .outlier_detection(None)
         .build(futures::stream::iter(changes));
     let channel = channel(balancer.clone());

@@ -4,6 +4,7 @@ mod advertise;
 mod cluster;
 mod echo;
 mod etcd;
+mod grey;
 mod interop;
 mod metrics;
 mod policies;

@@ -57,11 +57,17 @@ impl Echo for EchoService {
 
     type ServerStreamingEchoStream = ReplyStream;
 
+    /// Message "silent": the response headers go out at once, then the
+    /// stream stays open and silent until the client ends it (a watch with
+    /// nothing to report). Anything else: not used by the tests.
     async fn server_streaming_echo(
         &self,
-        _: Request<EchoRequest>,
+        req: Request<EchoRequest>,
     ) -> Result<Response<Self::ServerStreamingEchoStream>, Status> {
-        Err(Status::unimplemented("not in tests"))
+        if req.into_inner().message != "silent" {
+            return Err(Status::unimplemented("not in tests"));
+        }
+        Ok(Response::new(Box::pin(futures::stream::pending())))
     }
 
     async fn client_streaming_echo(
