@@ -258,6 +258,15 @@ impl Proc {
         }
     }
 
+    /// Lines on stderr so far (read now) that contain `needle`.
+    pub fn count_stderr(&mut self, needle: &str) -> usize {
+        self.drain_available();
+        self.history
+            .iter()
+            .filter(|l| l.stream == Stream::Err && l.text.contains(needle))
+            .count()
+    }
+
     /// Everything printed so far, one line each, prefixed `out|` or `err|`.
     pub fn transcript(&mut self) -> String {
         self.drain_available();

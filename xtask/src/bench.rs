@@ -4,10 +4,11 @@
 //! (`bench/authority.rs`), with real `echo-server` processes and one load
 //! generator (`loadgen`) for every configuration; and the Go stack (the Go
 //! peer's client and servers) side by side with ours, crossed both ways
-//! (`bench/go_stack.rs`).
+//! (`bench/go_stack.rs`); and a frozen server's cost (`bench/freeze.rs`).
 //!
 //! Results: a table on stdout, `target/bench/results.json` (the keys of
-//! issue 8, and `go_stack` of issue 16), `target/bench/details.json` (everything measured),
+//! issue 8, `go_stack` of issue 16 and `grey` of issue 15),
+//! `target/bench/details.json` (everything measured),
 //! process logs in `target/bench/logs/`. Ratios are the claims: the machine is
 //! shared and noisy.
 
@@ -27,6 +28,7 @@ use serde_json::{Value, json};
 use crate::{Result, cargo, ensure_protoc, provision_etcd, workspace_root};
 
 pub(crate) mod authority;
+mod freeze;
 mod go_stack;
 mod watchers;
 
@@ -35,7 +37,7 @@ const CLIENT_CPU: &str = "0";
 const SERVER_CPU: &str = "1";
 const MODES: [&str; 4] = ["direct", "balance_channel", "balancer", "balancer_sticky"];
 /// The sections, in the order they run; `--only` takes these names.
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 9] = [
     "throughput",
     "authority",
     "pick",
@@ -43,6 +45,7 @@ const SECTIONS: [&str; 8] = [
     "failover",
     "scale",
     "watchers",
+    "freeze",
     "go_stack",
 ];
 
@@ -164,6 +167,9 @@ pub(crate) fn run(quick: bool, only: &[String], interrupt: &Receiver<()>) -> Res
     }
     if wanted("watchers") {
         details["watchers"] = timed("watchers", watchers::run(&mut bench, &plan)?);
+    }
+    if wanted("freeze") {
+        details["grey"] = timed("freeze", freeze::run(&mut bench, &plan)?);
     }
     if wanted("go_stack") {
         // A Go-stack failure is reported with the other sections' results
@@ -807,6 +813,7 @@ fn results(d: &Value) -> Value {
             "client_rss_mib_1k": d["scale"]["client_rss_mib_1k"],
         },
         "go_stack": go_stack::results(&d["go_stack"]),
+        "grey": freeze::results(&d["grey"]),
     })
 }
 
@@ -943,6 +950,9 @@ fn print_table(d: &Value) {
     }
     if !d["watchers"].is_null() {
         watchers::print(&d["watchers"]);
+    }
+    if !d["grey"].is_null() {
+        freeze::print(&d["grey"]);
     }
     if !d["go_stack"].is_null() {
         go_stack::print(&d["go_stack"]);

@@ -366,6 +366,17 @@ impl<S: AsyncWrite + Unpin> Monitored<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Monitored<S> {
+    /// Before any of hyper's writes: fails once the connection is declared
+    /// dead, and gets a wanted PING out first (between hyper's frames).
+    fn before_write(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some(link) = &self.link
+            && let Some(e) = link.death()
+        {
+            return Poll::Ready(Err(e));
+        }
+        self.poll_ping(cx)
+    }
+
     /// Hands hyper what it may have of `rbuf`, taking out our PING ACKs and
     /// noting frames. Stops when `buf` is full or more input is needed.
     fn deliver(&mut self, link: &Link, buf: &mut ReadBuf<'_>) {
@@ -500,13 +511,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Monitored<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        if let Some(link) = &this.link {
-            if let Some(e) = link.death() {
-                return Poll::Ready(Err(e));
-            }
-            if this.poll_ping(cx)?.is_pending() {
-                return Poll::Pending;
-            }
+        if this.before_write(cx)?.is_pending() {
+            return Poll::Pending;
         }
         let poll = Pin::new(&mut this.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = poll {
@@ -521,13 +527,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Monitored<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        if let Some(link) = &this.link {
-            if let Some(e) = link.death() {
-                return Poll::Ready(Err(e));
-            }
-            if this.poll_ping(cx)?.is_pending() {
-                return Poll::Pending;
-            }
+        if this.before_write(cx)?.is_pending() {
+            return Poll::Pending;
         }
         let poll = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(mut n)) = poll

@@ -473,16 +473,8 @@ fn tls_config_rejects_pem_without_a_certificate() {
 #[tokio::test]
 async fn a_call_in_flight_when_its_server_dies_fails_as_unavailable() {
     let mut server = TestServer::start("1");
-    let (_, mut client) = ready_balancer(&[&server]).await;
-    let arrived = server.slow_call.clone();
-    let pending = tokio::spawn(async move {
-        client
-            .unary_echo(support::EchoRequest {
-                message: "slow".into(),
-            })
-            .await
-    });
-    arrived.notified().await;
+    let (_, client) = ready_balancer(&[&server]).await;
+    let pending = server.hold_call(client).await;
     server.kill();
     let status = pending.await.expect("task").expect_err("the server died");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");

@@ -294,15 +294,7 @@ async fn slow_server_that_answers_pings_keeps_its_connection_and_calls() {
         .freeze_detection(Some(DETECTION))
         .build(futures::stream::iter([server.insert()]));
     balancer.wait_for_ready(1).await;
-    let mut slow_client: Client = EchoClient::new(balancer.clone());
-    let slow = tokio::spawn(async move {
-        slow_client
-            .unary_echo(EchoRequest {
-                message: "slow".into(),
-            })
-            .await
-    });
-    server.slow_call.notified().await;
+    let slow = server.hold_call(EchoClient::new(balancer.clone())).await;
     // Silent with a call in flight: suspected and probed; it answers.
     balancer
         .wait_until(|all| suspected(status(all, "1")).is_some())
@@ -784,14 +776,8 @@ async fn policed(upstream: SocketAddr) -> (SocketAddr, Arc<std::sync::Mutex<Ping
     (addr, police)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn probes_never_earn_a_grpc_go_too_many_pings() {
-    let server = TestServer::start("1");
-    let (addr, police) = policed(server.addr).await;
-    let detection = FreezeDetection {
-        suspect_after: Duration::from_millis(30),
-        probe_timeout: Duration::from_secs(2),
-    };
+/// A balancer over the one endpoint at `addr` (a relay), once it is READY.
+async fn ready_through(addr: SocketAddr, detection: FreezeDetection) -> Balancer {
     let balancer = Balancer::builder()
         .name("grey")
         .freeze_detection(Some(detection))
@@ -800,18 +786,22 @@ async fn probes_never_earn_a_grpc_go_too_many_pings() {
             Endpoint::new(&addr.to_string()).expect("endpoint"),
         )]));
     balancer.wait_for_ready(1).await;
+    balancer
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_never_earn_a_grpc_go_too_many_pings() {
+    let server = TestServer::start("1");
+    let (addr, police) = policed(server.addr).await;
+    let detection = FreezeDetection {
+        suspect_after: Duration::from_millis(30),
+        probe_timeout: Duration::from_secs(2),
+    };
+    let balancer = ready_through(addr, detection).await;
     let mut client: Client = EchoClient::new(balancer.clone());
     // A call that never ends keeps the connection silent with a call in
     // flight: the worst case for the probe budget.
-    let mut slow_client = client.clone();
-    let slow = tokio::spawn(async move {
-        slow_client
-            .unary_echo(EchoRequest {
-                message: "slow".into(),
-            })
-            .await
-    });
-    server.slow_call.notified().await;
+    let slow = server.hold_call(client.clone()).await;
     // Long silences, then short ones broken by answered calls.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     for _ in 0..20 {
@@ -838,14 +828,7 @@ async fn probes_never_earn_a_grpc_go_too_many_pings() {
 async fn answered_silent_streams_are_not_suspected_but_a_stalled_call_is() {
     let server = TestServer::start("1");
     let (addr, police) = policed(server.addr).await;
-    let balancer = Balancer::builder()
-        .name("grey")
-        .freeze_detection(Some(DETECTION))
-        .build(futures::stream::iter([Change::Insert(
-            "1".into(),
-            Endpoint::new(&addr.to_string()).expect("endpoint"),
-        )]));
-    balancer.wait_for_ready(1).await;
+    let balancer = ready_through(addr, DETECTION).await;
     let mut client: Client = EchoClient::new(balancer.clone());
     // Watch-like streams: answered with headers, then silent.
     let mut streams = Vec::new();
@@ -870,15 +853,7 @@ async fn answered_silent_streams_are_not_suspected_but_a_stalled_call_is() {
 
     // A unary call the server never answers, next to the silent streams:
     // suspected and probed (the server answers the PING, so it stays).
-    let mut slow_client = client.clone();
-    let slow = tokio::spawn(async move {
-        slow_client
-            .unary_echo(EchoRequest {
-                message: "slow".into(),
-            })
-            .await
-    });
-    server.slow_call.notified().await;
+    let slow = server.hold_call(client.clone()).await;
     balancer
         .wait_until(|all| suspected(status(all, "1")).is_some())
         .await;

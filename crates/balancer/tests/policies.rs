@@ -166,15 +166,8 @@ async fn a_call_failing_in_transport_names_its_endpoint() {
         .backoff(fast_backoff())
         .build(futures::stream::iter(vec![server.insert()]));
     balancer.wait_for_ready(1).await;
-    let mut client = EchoClient::new(balancer);
-    let slow = tokio::spawn(async move {
-        client
-            .unary_echo(EchoRequest {
-                message: "slow".into(),
-            })
-            .await
-    });
-    server.slow_call.notified().await;
+    let client = EchoClient::new(balancer);
+    let slow = server.hold_call(client).await;
     server.kill();
     let status = slow.await.expect("task").expect_err("its server died");
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
@@ -195,15 +188,7 @@ async fn outstanding_requests_are_counted_exactly() {
     spread(&mut client, 3).await;
     assert_eq!(outstanding(), 0, "completed calls are not outstanding");
 
-    let mut slow_client = client.clone();
-    let slow = tokio::spawn(async move {
-        slow_client
-            .unary_echo(EchoRequest {
-                message: "slow".into(),
-            })
-            .await
-    });
-    server.slow_call.notified().await;
+    let slow = server.hold_call(client.clone()).await;
     assert_eq!(outstanding(), 1, "the call in flight");
     slow.abort();
     let _ = slow.await;

@@ -29,6 +29,8 @@
 //!     wait_ready: None,
 //!     events: false,
 //!     stop: None,
+//!     no_grey_detection: false,
+//!     timeline: None,
 //! })
 //! .await?;
 //! println!("{result}");

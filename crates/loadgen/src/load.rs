@@ -8,7 +8,7 @@ use std::{
     collections::{HashMap, HashSet},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     task::{Context, Poll},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -102,6 +102,12 @@ pub struct Config {
     /// Set to end the run early (e.g. when stdin closes); the result still
     /// covers the time run.
     pub stop: Option<Arc<AtomicBool>>,
+    /// Our balancer without freeze detection and outlier ejection (the
+    /// baseline of their cost).
+    pub no_grey_detection: bool,
+    /// Count successful calls per bucket of this width from the start
+    /// (warm-up included) into the result's `timeline`.
+    pub timeline: Option<Duration>,
 }
 
 /// Wall clock in microseconds since the Unix epoch: the one clock shared by
@@ -208,14 +214,17 @@ async fn connect(config: &Config) -> Result<(Stack, Option<Balancer>), String> {
                             .with_instance_id(id.as_str());
                         changes.push(Change::Insert(addr.clone(), endpoint));
                     }
-                    build(stream::iter(changes).chain(stream::pending()))
+                    build(
+                        stream::iter(changes).chain(stream::pending()),
+                        config.no_grey_detection,
+                    )
                 }
                 Servers::Etcd { endpoints, prefix } => {
                     let resolution = resolver::Resolver::connect(endpoints, None, prefix.as_str())
                         .await
                         .map_err(|e| format!("etcd: {e}"))?
                         .resolve();
-                    build(resolution)
+                    build(resolution, config.no_grey_detection)
                 }
             };
             let want = config.wait_ready.unwrap_or(match servers {
@@ -239,8 +248,40 @@ async fn connect(config: &Config) -> Result<(Stack, Option<Balancer>), String> {
     }
 }
 
-fn build<S: Stream<Item = Change> + Send + 'static>(changes: S) -> Balancer {
-    Balancer::builder().name("loadgen").build(changes)
+fn build<S: Stream<Item = Change> + Send + 'static>(changes: S, no_grey: bool) -> Balancer {
+    let mut builder = Balancer::builder().name("loadgen");
+    if no_grey {
+        builder = builder.freeze_detection(None).outlier_detection(None);
+    }
+    builder.build(changes)
+}
+
+/// With `--events`: prints `{"event":"avoided",...}` the first time each
+/// endpoint is left out of the picks (suspected, ejected, not READY).
+fn report_avoided(balancer: Balancer) {
+    tokio::spawn(async move {
+        let mut reported = HashSet::new();
+        balancer
+            .wait_until(|all| {
+                for e in all {
+                    let avoided =
+                        e.state != balancer::ConnectivityState::Ready || !e.excluded.is_empty();
+                    if avoided && reported.insert(e.key.clone()) {
+                        let why = e
+                            .excluded
+                            .first()
+                            .map_or_else(|| format!("{:?}", e.state), ToString::to_string);
+                        let id = e.endpoint.instance_id().unwrap_or(e.key.as_str());
+                        println!(
+                            "{}",
+                            json!({"event": "avoided", "id": id, "why": why, "t_us": unix_us()})
+                        );
+                    }
+                }
+                false
+            })
+            .await;
+    });
 }
 
 /// Runs the load and returns the result as one JSON object.
@@ -256,6 +297,19 @@ pub async fn run(config: Config) -> Result<Value, String> {
         _ => None,
     };
     let seen = Arc::new(Mutex::new(HashSet::<String>::new()));
+    if config.events
+        && let Some(b) = &balancer
+    {
+        report_avoided(b.clone());
+    }
+    let timeline = config.timeline.map(|width| {
+        let total = config.warmup + config.duration;
+        let buckets = (total.as_nanos() / width.as_nanos().max(1)) as usize + 2;
+        Timeline {
+            width,
+            counts: Arc::new((0..buckets).map(|_| AtomicU64::new(0)).collect()),
+        }
+    });
     let start = Instant::now();
     let start_unix = unix_us();
     println!("{}", json!({"event": "started", "t_us": start_unix}));
@@ -267,8 +321,18 @@ pub async fn run(config: Config) -> Result<Value, String> {
         let sticky_id = sticky_id.clone();
         let seen = seen.clone();
         let config = config.clone();
+        let timeline = timeline.clone().map(|t| (start, t));
         workers.push(tokio::spawn(async move {
-            worker(client, sticky_id, seen, &config, measure_from, end).await
+            worker(
+                client,
+                sticky_id,
+                seen,
+                &config,
+                measure_from,
+                end,
+                timeline,
+            )
+            .await
         }));
     }
     let mut hist = new_histogram();
@@ -330,11 +394,27 @@ pub async fn run(config: Config) -> Result<Value, String> {
     if config.events {
         result["last_seen_us"] = json!(last_seen);
     }
+    if let Some(t) = timeline {
+        result["timeline_ms"] = json!(t.width.as_millis() as u64);
+        result["timeline"] = json!(
+            t.counts
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .collect::<Vec<_>>()
+        );
+    }
     if let Some(b) = balancer {
         result["ready_endpoints"] = json!(b.ready_count());
         result["retries"] = json!(b.stats().retries);
     }
     Ok(result)
+}
+
+/// Successful calls per time bucket, shared by the workers.
+#[derive(Clone)]
+struct Timeline {
+    width: Duration,
+    counts: Arc<Vec<AtomicU64>>,
 }
 
 fn new_histogram() -> Histogram<u64> {
@@ -348,6 +428,7 @@ async fn worker(
     config: &Config,
     measure_from: Instant,
     end: Instant,
+    timeline: Option<(Instant, Timeline)>,
 ) -> WorkerResult {
     let mut r = WorkerResult {
         hist: new_histogram(),
@@ -382,6 +463,13 @@ async fn worker(
         let measured = t0 >= measure_from && t1 <= end;
         match outcome {
             Ok(reply) => {
+                if let Some((start, t)) = &timeline {
+                    let i =
+                        (t1.duration_since(*start).as_nanos() / t.width.as_nanos().max(1)) as usize;
+                    if let Some(c) = t.counts.get(i) {
+                        c.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
                 let reply = reply.into_inner();
                 let id = instance_of(&reply.message);
                 if config.events {
@@ -498,6 +586,8 @@ mod tests {
                 wait_ready: None,
                 events: false,
                 stop: None,
+                no_grey_detection: false,
+                timeline: None,
             })
             .await
             .expect("load runs");

@@ -63,6 +63,13 @@ enum Cmd {
         /// End the run early when stdin reaches end of file.
         #[arg(long)]
         stop_on_eof: bool,
+        /// Our balancer without freeze detection and outlier ejection.
+        #[arg(long)]
+        no_grey_detection: bool,
+        /// Count successful calls per bucket of this width (the result's
+        /// `timeline`).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeline: Option<Duration>,
     },
     /// Serve the echo service on N loopback ports until SIGINT/SIGTERM.
     Serve {
@@ -175,6 +182,8 @@ async fn run(cmd: Cmd) -> Result<(), String> {
             wait_ready,
             events,
             stop_on_eof,
+            no_grey_detection,
+            timeline,
         } => {
             if let Some(file) = servers_file {
                 let text = std::fs::read_to_string(&file)
@@ -210,6 +219,8 @@ async fn run(cmd: Cmd) -> Result<(), String> {
                 wait_ready,
                 events,
                 stop: stop_on_eof.then(stop_when_stdin_closes),
+                no_grey_detection,
+                timeline,
             })
             .await?;
             println!("{result}");

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use balancer::{Balancer, Change, ConnectivityState, Endpoint};
 use echo_proto::{EchoRequest, echo_client::EchoClient};
-use integration_tests::{etcd_endpoints, go, process::Stream, unique_env};
+use integration_tests::{etcd_endpoints, go, unique_env};
 
 /// A call the Go server holds for `delay` (its `x-delay` metadata).
 fn delayed(delay: &str) -> tonic::Request<EchoRequest> {
@@ -64,12 +64,7 @@ async fn probes_against_a_go_server_for_60s_never_earn_too_many_pings() {
         }
     }
     let endpoint = balancer.endpoints().pop().expect("the endpoint");
-    server.drain_available();
-    let too_many = server
-        .history()
-        .iter()
-        .filter(|l| l.stream == Stream::Err && l.text.contains("too many pings"))
-        .count();
+    let too_many = server.count_stderr("too many pings");
     assert!(
         endpoint.probes >= 10,
         "the test must make our client probe: {} probes in {ok} calls",

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use integration_tests::{
     etcd_client, etcd_endpoints,
     go::{self, run_client, start_client as start_go_client, start_server as start_go_server},
-    process::{PATIENCE, Stream, from_id, parse_load_output, start_client, start_server},
+    process::{PATIENCE, from_id, parse_load_output, start_client, start_server},
     unique_env,
 };
 
@@ -100,12 +100,7 @@ fn strict_authority_rejects_the_encoded_form_and_warns_naming_the_go_fix() {
     let got = go_calls(&env, &etcd, 3, &["--authority", "game"]);
     assert_eq!(ids(&got), ["1"; 3]);
     // One WARN for the one rejected connection.
-    server.drain_available();
-    let warns = server
-        .history()
-        .iter()
-        .filter(|l| l.stream == Stream::Err && l.text.contains("grpc.WithAuthority"))
-        .count();
+    let warns = server.count_stderr("grpc.WithAuthority");
     assert_eq!(warns, 1, "{}", server.transcript());
 }
 

@@ -13,10 +13,11 @@ use std::{
     },
 };
 
-use balancer::{Change, Endpoint};
+use balancer::{Balancer, Change, Endpoint};
 pub use echo_proto::EchoRequest;
 use echo_proto::{
     EchoResponse,
+    echo_client::EchoClient,
     echo_server::{Echo, EchoServer},
 };
 use futures::{Stream, StreamExt as _};
@@ -190,6 +191,23 @@ impl TestServer {
             stop: Some(stop_tx),
             stopped: Some(stopped_rx),
         }
+    }
+
+    /// Sends a "slow" call through `client` on a task of its own and waits
+    /// until it is in flight here (it never returns while the server lives).
+    pub async fn hold_call(
+        &self,
+        mut client: EchoClient<Balancer>,
+    ) -> tokio::task::JoinHandle<Result<Response<EchoResponse>, Status>> {
+        let call = tokio::spawn(async move {
+            client
+                .unary_echo(EchoRequest {
+                    message: "slow".into(),
+                })
+                .await
+        });
+        self.slow_call.notified().await;
+        call
     }
 
     /// Graceful shutdown: GOAWAY to every connection, in-flight calls finish.

@@ -1,0 +1,232 @@
+//! The freeze section (issue 15): three `echo-server`s under closed-loop
+//! C=16 load from our balancer (round robin, default freeze detection), one
+//! of them SIGSTOPped for 5 s. Measures goodput during the freeze against
+//! the seconds before it, the time from SIGSTOP to the client leaving the
+//! server out of its picks (loadgen's `avoided` event), and the calls that
+//! failed. Then the happy-path cost of detection: rps at C=32 with freeze
+//! detection and outlier ejection on vs off, alternating, same servers.
+//!
+//! `cargo xtask bench --only freeze` runs this section alone; its results
+//! are `grey` in `target/bench/results.json`.
+
+use std::{
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+
+use super::{Bench, Plan, ms, unix_us};
+use crate::Result;
+
+const FREEZE: Duration = Duration::from_secs(5);
+const BEFORE: Duration = Duration::from_secs(4);
+const AFTER: Duration = Duration::from_secs(3);
+/// The baseline window: the seconds just before the SIGSTOP, after the
+/// load's first second.
+const BASELINE: Duration = Duration::from_secs(3);
+const BUCKET: Duration = Duration::from_millis(100);
+
+fn kill(signal: &str, pid: u32) -> u64 {
+    let t = unix_us();
+    let _ = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status();
+    t
+}
+
+/// Successful calls per second over `[from, to)` (unix µs) of a loadgen
+/// result with a timeline.
+fn rate(result: &Value, from: u64, to: u64) -> Option<f64> {
+    let start = result["start_unix_us"].as_u64()?;
+    let width = result["timeline_ms"].as_u64()? * 1000;
+    let counts = result["timeline"].as_array()?;
+    let first = usize::try_from(from.checked_sub(start)? / width).ok()?;
+    let last = usize::try_from(to.checked_sub(start)? / width).ok()?;
+    let n: u64 = counts
+        .get(first..last.min(counts.len()))?
+        .iter()
+        .filter_map(Value::as_u64)
+        .sum();
+    let secs = (last - first) as f64 * width as f64 / 1e6;
+    (secs > 0.0).then(|| n as f64 / secs)
+}
+
+pub(super) fn run(bench: &mut Bench<'_>, plan: &Plan) -> Result<Value> {
+    bench.check_interrupt()?;
+    let env = format!("{}-freeze", bench.env);
+    let mut servers = Vec::new();
+    for id in ["1", "2", "3"] {
+        let (i, addr, _) = bench.server(id, &env, "0ms")?;
+        servers.push((i, id, addr));
+    }
+    let list: Vec<String> = servers
+        .iter()
+        .flat_map(|(_, id, addr)| ["--server".to_string(), format!("{id}={addr}")])
+        .collect();
+
+    eprintln!("xtask bench: freeze, SIGSTOP one of 3 servers for 5 s under C=16");
+    let total = BEFORE + FREEZE + AFTER;
+    let mut args: Vec<String> = [
+        "run",
+        "--mode",
+        "balancer",
+        "--concurrency",
+        "16",
+        "--warmup",
+        "0s",
+        "--duration",
+        &format!("{}ms", total.as_millis()),
+        "--events",
+        "--timeline",
+        &format!("{}ms", BUCKET.as_millis()),
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(list.iter().cloned());
+    let lg = bench.loadgen("loadgen-freeze", &args)?;
+    bench.procs[lg].expect(Duration::from_secs(30), "start", |l| {
+        l.contains("\"started\"")
+    })?;
+    thread::sleep(BEFORE);
+    let (frozen, frozen_id, _) = servers[2].clone();
+    let pid = bench.procs[frozen].pid();
+    let t_stop = kill("-STOP", pid);
+    let stopped = Instant::now();
+    let avoided = bench.procs[lg].expect(FREEZE, "avoided event", |l| {
+        l.contains("\"avoided\"") && l.contains(&format!("\"id\":\"{frozen_id}\""))
+    });
+    thread::sleep(FREEZE.saturating_sub(stopped.elapsed()));
+    let t_cont = kill("-CONT", pid);
+    let result = bench.result(lg, AFTER + Duration::from_secs(60))?;
+    let (suspect_ms, why) = match &avoided {
+        Ok((_, line)) => {
+            let event: Value = serde_json::from_str(line)?;
+            let t = event["t_us"].as_u64().unwrap_or(t_stop);
+            (
+                json!((ms(t, t_stop) * 10.0).round() / 10.0),
+                event["why"].clone(),
+            )
+        }
+        Err(_) => (
+            Value::Null,
+            json!("not left out of the picks during the freeze"),
+        ),
+    };
+    let started = result["start_unix_us"].as_u64().unwrap_or(t_stop);
+    let baseline_from = (t_stop - BASELINE.as_micros() as u64).max(started + 1_000_000);
+    let before = rate(&result, baseline_from, t_stop);
+    let during = rate(&result, t_stop, t_cont);
+    let ratio = match (before, during) {
+        (Some(b), Some(d)) if b > 0.0 => json!((d / b * 1000.0).round() / 1000.0),
+        _ => Value::Null,
+    };
+    let freeze = json!({
+        "before_rps": before.map(f64::round),
+        "during_rps": during.map(f64::round),
+        "goodput_ratio": ratio,
+        "suspect_ms": suspect_ms,
+        "why": why,
+        "failed": result["total_errors"],
+        "error_samples": result["error_samples"],
+        "frozen_s": ms(t_cont, t_stop) / 1000.0,
+        "per_instance": result["per_instance"],
+    });
+
+    // Happy path: detection on vs off, alternating so drift hits both.
+    let rounds = if plan.quick { 2 } else { 4 };
+    let mut rps = json!({"on": [], "off": []});
+    for round in 0..rounds {
+        for on in if round % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        } {
+            bench.check_interrupt()?;
+            let mut args: Vec<String> = [
+                "run",
+                "--mode",
+                "balancer",
+                "--concurrency",
+                "32",
+                "--warmup",
+                &format!("{}ms", plan.warmup.as_millis()),
+                "--duration",
+                &format!("{}ms", plan.window.as_millis()),
+            ]
+            .map(String::from)
+            .to_vec();
+            if !on {
+                args.push("--no-grey-detection".into());
+            }
+            args.extend(list.iter().cloned());
+            let side = if on { "on" } else { "off" };
+            eprintln!(
+                "xtask bench: freeze detection {side}, C=32 (round {})",
+                round + 1
+            );
+            let lg = bench.loadgen(&format!("loadgen-grey-{side}-r{round}"), &args)?;
+            let r = bench.result(lg, plan.warmup + plan.window + Duration::from_secs(60))?;
+            if let Some(a) = rps[side].as_array_mut() {
+                a.push(r["rps"].clone());
+            }
+        }
+    }
+    for (i, _, _) in &servers {
+        bench.stop(*i);
+    }
+    let mean = |side: &str| {
+        let xs: Vec<f64> = rps[side]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_f64).collect())
+            .unwrap_or_default();
+        (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
+    };
+    let happy = match (mean("on"), mean("off")) {
+        (Some(on), Some(off)) if off > 0.0 => json!((on / off * 1000.0).round() / 1000.0),
+        _ => Value::Null,
+    };
+    Ok(json!({
+        "freeze": freeze,
+        "happy_path": {
+            "pinned": bench.pin,
+            "rps_on": rps["on"],
+            "rps_off": rps["off"],
+            "ratio": happy,
+        },
+    }))
+}
+
+/// The `grey` entry of `results.json`.
+pub(super) fn results(d: &Value) -> Value {
+    if d.is_null() {
+        return Value::Null;
+    }
+    json!({
+        "goodput_ratio": d["freeze"]["goodput_ratio"],
+        "suspect_ms": d["freeze"]["suspect_ms"],
+        "failed": d["freeze"]["failed"],
+        "happy_path_ratio": d["happy_path"]["ratio"],
+    })
+}
+
+pub(super) fn print(d: &Value) {
+    let f = &d["freeze"];
+    let h = &d["happy_path"];
+    println!("\n## Grey failures (3 servers, one SIGSTOPped for 5 s, C=16 closed loop)");
+    println!("| measure | value |");
+    println!("|---|---|");
+    println!(
+        "| goodput during the freeze / the 3 s before | {} ({} rps / {} rps) |",
+        f["goodput_ratio"], f["during_rps"], f["before_rps"]
+    );
+    println!(
+        "| SIGSTOP → left out of the picks | {} ms ({}) |",
+        f["suspect_ms"], f["why"]
+    );
+    println!("| failed calls | {} |", f["failed"]);
+    println!(
+        "| happy path C=32, detection on / off | {} (on {} rps, off {} rps; pinned: {}) |",
+        h["ratio"], h["rps_on"], h["rps_off"], h["pinned"]
+    );
+}
