@@ -144,6 +144,16 @@ fn suspected(status: &EndpointStatus) -> Option<Duration> {
     })
 }
 
+/// Waits until `key` is suspected, then until it answered the probe.
+async fn suspected_then_cleared(balancer: &Balancer, key: &str) {
+    balancer
+        .wait_until(|all| suspected(status(all, key)).is_some())
+        .await;
+    balancer
+        .wait_until(|all| status(all, key).excluded.is_empty())
+        .await;
+}
+
 /// Closed-loop workers calling until told to stop; each result is kept.
 struct Load {
     stop: Arc<AtomicBool>,
@@ -296,12 +306,7 @@ async fn slow_server_that_answers_pings_keeps_its_connection_and_calls() {
     balancer.wait_for_ready(1).await;
     let slow = server.hold_call(EchoClient::new(balancer.clone())).await;
     // Silent with a call in flight: suspected and probed; it answers.
-    balancer
-        .wait_until(|all| suspected(status(all, "1")).is_some())
-        .await;
-    balancer
-        .wait_until(|all| status(all, "1").excluded.is_empty())
-        .await;
+    suspected_then_cleared(&balancer, "1").await;
     let mut client: Client = EchoClient::new(balancer.clone());
     let reply = client.unary_echo(hi()).await.expect("call");
     assert_eq!(from(&reply.into_inner().message), "1");
@@ -854,12 +859,7 @@ async fn answered_silent_streams_are_not_suspected_but_a_stalled_call_is() {
     // A unary call the server never answers, next to the silent streams:
     // suspected and probed (the server answers the PING, so it stays).
     let slow = server.hold_call(client.clone()).await;
-    balancer
-        .wait_until(|all| suspected(status(all, "1")).is_some())
-        .await;
-    balancer
-        .wait_until(|all| status(all, "1").excluded.is_empty())
-        .await;
+    suspected_then_cleared(&balancer, "1").await;
     assert!(police.lock().expect("police").pings >= 1);
     assert_eq!(server.connections.load(Ordering::Relaxed), 1);
     slow.abort();
