@@ -30,6 +30,7 @@ use crate::{Result, cargo, ensure_protoc, provision_etcd, workspace_root};
 pub(crate) mod authority;
 mod freeze;
 mod go_stack;
+mod slow;
 mod watchers;
 
 /// CPU of the load generator and CPU of the servers when pinning works.
@@ -37,7 +38,7 @@ const CLIENT_CPU: &str = "0";
 const SERVER_CPU: &str = "1";
 const MODES: [&str; 4] = ["direct", "balance_channel", "balancer", "balancer_sticky"];
 /// The sections, in the order they run; `--only` takes these names.
-const SECTIONS: [&str; 9] = [
+const SECTIONS: [&str; 10] = [
     "throughput",
     "authority",
     "pick",
@@ -46,6 +47,7 @@ const SECTIONS: [&str; 9] = [
     "scale",
     "watchers",
     "freeze",
+    "slow",
     "go_stack",
 ];
 
@@ -170,6 +172,9 @@ pub(crate) fn run(quick: bool, only: &[String], interrupt: &Receiver<()>) -> Res
     }
     if wanted("freeze") {
         details["grey"] = timed("freeze", freeze::run(&mut bench, &plan)?);
+    }
+    if wanted("slow") {
+        details["policies"] = timed("slow", slow::run(&mut bench, &plan)?);
     }
     if wanted("go_stack") {
         // A Go-stack failure is reported with the other sections' results
@@ -814,6 +819,7 @@ fn results(d: &Value) -> Value {
         },
         "go_stack": go_stack::results(&d["go_stack"]),
         "grey": freeze::results(&d["grey"]),
+        "policies": slow::results(&d["policies"]),
     })
 }
 
@@ -953,6 +959,9 @@ fn print_table(d: &Value) {
     }
     if !d["grey"].is_null() {
         freeze::print(&d["grey"]);
+    }
+    if !d["policies"].is_null() {
+        slow::print(&d["policies"]);
     }
     if !d["go_stack"].is_null() {
         go_stack::print(&d["go_stack"]);

@@ -337,7 +337,7 @@ impl Bench<'_> {
     }
 
     /// Waits for the load report (`rps=… ok=… errs=… p50_us=… p99_us=…`).
-    fn report(&mut self, i: usize, limit: Duration) -> Result<Report> {
+    pub(super) fn report(&mut self, i: usize, limit: Duration) -> Result<Report> {
         self.procs[i].stdin.take();
         let (_, line) = self.procs[i].expect(limit, "load report", |l| l.starts_with("rps="))?;
         let _ = self.procs[i].child.wait();
@@ -345,11 +345,12 @@ impl Bench<'_> {
     }
 }
 
-struct Report {
-    rps: f64,
-    p50: u64,
-    p99: u64,
-    errors: u64,
+/// The summary line of a load client (`echo-client` or the Go peer).
+pub(super) struct Report {
+    pub(super) rps: f64,
+    pub(super) p50: u64,
+    pub(super) p99: u64,
+    pub(super) errors: u64,
 }
 
 impl Report {
