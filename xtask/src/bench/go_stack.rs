@@ -436,7 +436,7 @@ fn perf_works() -> bool {
 }
 
 /// User + system CPU seconds of process `pid` (all its threads).
-fn cpu_s(pid: u32) -> Option<f64> {
+pub(super) fn cpu_s(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces; the fields start after its ')'.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();

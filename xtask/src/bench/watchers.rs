@@ -13,16 +13,9 @@ use crate::Result;
 const WATCHERS: &str = "1000";
 const RATE: &str = "50";
 
-/// utime + stime of `pid`, in seconds.
+/// utime + stime of `pid`, in seconds (0 when it cannot be read).
 fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<f64>().ok()))
-        .sum();
-    ticks / 100.0
+    super::go_stack::cpu_s(pid).unwrap_or(0.0)
 }
 
 pub(super) fn run(bench: &mut Bench<'_>, plan: &Plan) -> Result<Value> {
