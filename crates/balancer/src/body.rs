@@ -27,7 +27,7 @@ pub(crate) struct Call {
 
 impl Call {
     pub(crate) fn start(shared: Arc<EndpointShared>) -> Self {
-        shared.signals.started();
+        shared.call_started();
         Self {
             shared: Some(shared),
             started: std::time::Instant::now(),
@@ -46,7 +46,7 @@ impl Call {
 
     pub(crate) fn finish(&mut self, outcome: Outcome) {
         if let Some(shared) = self.shared.take() {
-            shared.signals.ended();
+            shared.call_ended();
             shared.record(outcome);
             shared.metrics.attempt(outcome, self.started.elapsed());
         }

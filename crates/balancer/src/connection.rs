@@ -28,7 +28,7 @@ use tokio::{
     sync::{mpsc, oneshot},
     time::Instant,
 };
-use write_coalesce::Coalesce;
+use write_coalesce::{Coalesce, Gate};
 
 /// A ready connection's request handle.
 pub(crate) type Sender = http2::SendRequest<SendBody>;
@@ -87,6 +87,7 @@ pub(crate) async fn run(
     generation: u64,
     endpoint: Endpoint,
     config: EndpointConfig,
+    write_gate: Gate,
     events: mpsc::UnboundedSender<StateEvent>,
 ) {
     let report = |state, sender, error, excluded| {
@@ -103,7 +104,7 @@ pub(crate) async fn run(
     loop {
         report(ConnectivityState::Connecting, None, None, Vec::new());
         let timeout = config.connect_timeout.max(backoff.current());
-        match connect(&endpoint, &config, timeout).await {
+        match connect(&endpoint, &config, &write_gate, timeout).await {
             Ok((sender, mut closed, link)) => {
                 let up_since = Instant::now();
                 // Per gRFC A17 a health-checked endpoint is not picked before
@@ -226,6 +227,7 @@ pub(crate) async fn run(
 async fn connect(
     endpoint: &Endpoint,
     config: &EndpointConfig,
+    write_gate: &Gate,
     timeout: Duration,
 ) -> Result<Connected, ConnectError> {
     let attempt = async {
@@ -234,7 +236,14 @@ async fn connect(
             .map_err(ConnectError::Io)?;
         tcp.set_nodelay(true).map_err(ConnectError::Io)?;
         match &config.tls {
-            None => handshake(Coalesce::new(tcp), endpoint, config).await,
+            None => {
+                handshake(
+                    Coalesce::new(tcp).with_gate(write_gate.clone()),
+                    endpoint,
+                    config,
+                )
+                .await
+            }
             Some(tls) => {
                 let name = tls
                     .server_name(endpoint.addr())
@@ -244,7 +253,12 @@ async fn connect(
                     .connect(name, tcp)
                     .await
                     .map_err(|e| ConnectError::Tls(e.to_string()))?;
-                handshake(Coalesce::new(stream), endpoint, config).await
+                handshake(
+                    Coalesce::new(stream).with_gate(write_gate.clone()),
+                    endpoint,
+                    config,
+                )
+                .await
             }
         }
     };

@@ -64,6 +64,10 @@ pub(crate) struct Shared {
     retries: AtomicU64,
     pub(crate) ejections: AtomicU64,
     pub(crate) metrics: Metrics,
+    /// Calls in flight over every endpoint (each endpoint's share is its
+    /// [`Signals::outstanding`](crate::Signals::outstanding)): what the
+    /// connections' write gate compares against.
+    pub(crate) in_flight: Arc<AtomicU64>,
 }
 
 /// Builds a [`Balancer`]; every setting has a default (see each method).
@@ -193,6 +197,7 @@ impl Builder {
             retries: AtomicU64::new(0),
             ejections: AtomicU64::new(0),
             metrics,
+            in_flight: Arc::default(),
         });
         let (shutdown_tx, shutdown_rx) = oneshot::channel();
         tokio::spawn(Owner::new(shared.clone()).run(discovery, shutdown_rx));

@@ -252,7 +252,13 @@ impl Owner {
             self.outlier_wake.clone(),
         );
         let metrics = self.shared.metrics.endpoint(endpoint.addr());
-        let shared = match EndpointShared::new(key.clone(), endpoint.clone(), counters, metrics) {
+        let shared = match EndpointShared::new(
+            key.clone(),
+            endpoint.clone(),
+            counters,
+            metrics,
+            self.shared.in_flight.clone(),
+        ) {
             Ok(shared) => shared,
             Err(e) => {
                 tracing::warn!(key = %key, endpoint = %endpoint, error = %e, "endpoint address is not a valid authority; ignored");
@@ -273,6 +279,7 @@ impl Owner {
             generation,
             endpoint,
             self.shared.config.endpoint.clone(),
+            shared.write_gate(),
             self.events_tx.clone(),
         ));
         let managed = Managed {

@@ -203,6 +203,8 @@ pub(crate) struct EndpointShared {
     pub(crate) outlier: crate::outlier::Counters,
     /// Its metric handles, registered once.
     pub(crate) metrics: EndpointMetrics,
+    /// The balancer's calls in flight over all endpoints.
+    pub(crate) balancer_in_flight: Arc<AtomicU64>,
 }
 
 impl EndpointShared {
@@ -211,6 +213,7 @@ impl EndpointShared {
         endpoint: Endpoint,
         outlier: crate::outlier::Counters,
         metrics: EndpointMetrics,
+        balancer_in_flight: Arc<AtomicU64>,
     ) -> Result<Arc<Self>, http::uri::InvalidUri> {
         let authority = endpoint.addr().parse()?;
         let instance = endpoint.instance_id().map(Arc::from);
@@ -229,7 +232,43 @@ impl EndpointShared {
             excluded: Mutex::new(Vec::new()),
             outlier,
             metrics,
+            balancer_in_flight,
         }))
+    }
+
+    /// A call started on this endpoint.
+    #[inline]
+    pub(crate) fn call_started(&self) {
+        self.signals.started();
+        self.balancer_in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A call on this endpoint ended.
+    #[inline]
+    pub(crate) fn call_ended(&self) {
+        self.signals.ended();
+        self.balancer_in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// write-coalesce's [`Gate`](write_coalesce::Gate) for this endpoint's
+    /// connections: hold a small write back only while other endpoints carry
+    /// at least a quarter of the balancer's calls in flight.
+    ///
+    /// Holding back is what makes one write carry many calls, and it pays
+    /// when the client has other connections to work on meanwhile. On a
+    /// connection that carries (nearly) all the calls, as with every call
+    /// sticky to one server, it does not: our servers hold back too, and the
+    /// two ends fall into lock-step, each write a batch of every call in
+    /// flight and each end idle while the other works (measured in
+    /// BENCHMARKS.md: `balancer_sticky`).
+    pub(crate) fn write_gate(self: &Arc<Self>) -> write_coalesce::Gate {
+        let this = Arc::clone(self);
+        Arc::new(move || {
+            holds_back(
+                this.signals.outstanding(),
+                this.balancer_in_flight.load(Ordering::Relaxed),
+            )
+        })
     }
 
     /// A call's response headers arrived `latency` after it was sent.
@@ -278,5 +317,29 @@ impl EndpointShared {
             last_error: self.last_error.lock().ok().and_then(|e| e.clone()),
             excluded: self.excluded.lock().map(|e| e.clone()).unwrap_or_default(),
         }
+    }
+}
+
+/// The write gate's rule: an endpoint with `mine` of the balancer's `all`
+/// calls in flight holds small writes back only if the others carry at least
+/// a quarter of them.
+fn holds_back(mine: u64, all: u64) -> bool {
+    all > 0 && 4 * mine <= 3 * all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::holds_back;
+
+    #[test]
+    fn the_write_gate_holds_back_only_while_other_endpoints_carry_a_quarter() {
+        // Nothing in flight, or all of it on this endpoint: write at once.
+        assert!(!holds_back(0, 0));
+        assert!(!holds_back(128, 128));
+        assert!(!holds_back(100, 128));
+        // Spread over endpoints: hold back.
+        assert!(holds_back(96, 128));
+        assert!(holds_back(16, 32));
+        assert!(holds_back(0, 5));
     }
 }
