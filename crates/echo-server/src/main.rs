@@ -5,12 +5,6 @@ use std::process::ExitCode;
 
 use echo_server::cli::Args;
 
-/// mimalloc rather than the system allocator: a call allocates and frees a
-/// few dozen small blocks (h2 streams, tasks, headers), and glibc's malloc
-/// and free were ~10 % of this binary's CPU (`perf`, BENCHMARKS.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let args = Args::parse_or_exit();
     cli_support::init_logging();

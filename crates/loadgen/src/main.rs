@@ -130,12 +130,6 @@ fn parse_server(s: &str) -> Result<(String, String), String> {
         })
 }
 
-/// mimalloc rather than the system allocator: a call allocates and frees a
-/// few dozen small blocks (h2 streams, tasks, headers), and glibc's malloc
-/// and free were ~10 % of this binary's CPU (`perf`, BENCHMARKS.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
