@@ -28,7 +28,8 @@ use crate::{PickRequest, Picker, Policy, ReadyEndpoint};
 ///   returns.
 ///
 /// The ring is built in the balancer's owner task each time the READY set
-/// changes, never on the request path; a pick is a binary search.
+/// changes, never on the request path; a pick looks the key's top bits up in
+/// a table of bucket starts and searches only its bucket (about one node).
 ///
 /// ```
 /// use balancer::{HashKeyExt, RingHash};
@@ -104,8 +105,7 @@ impl Policy for RingHash {
                     .then_with(|| x.endpoint().addr().cmp(y.endpoint().addr()))
             })
         });
-        let (hashes, owners) = nodes.into_iter().unzip();
-        Box::new(RingPicker { hashes, owners })
+        Box::new(RingPicker::new(nodes))
     }
 
     fn name(&self) -> &str {
@@ -123,6 +123,50 @@ struct RingPicker {
     hashes: Vec<u64>,
     /// The index in `ready` owning each node.
     owners: Vec<u32>,
+    /// `starts[b]`: the first node whose hash, shifted right by `shift`, is
+    /// at least `b` (`2^(64 - shift) + 1` entries). A key's node lies in
+    /// `starts[b]..=starts[b + 1]` for its bucket `b`, so a pick searches a
+    /// bucket of about one node instead of the whole ring.
+    starts: Vec<u32>,
+    shift: u32,
+}
+
+/// Most bucket bits: a table of at most 65 537 entries (256 KiB).
+const MAX_BUCKET_BITS: u32 = 16;
+
+impl RingPicker {
+    /// The picker over `nodes`, sorted by hash.
+    fn new(nodes: Vec<(u64, u32)>) -> Self {
+        let (hashes, owners): (Vec<u64>, Vec<u32>) = nodes.into_iter().unzip();
+        // About one node per bucket; at least one bit, so the shift is < 64.
+        let bits = (usize::BITS - hashes.len().saturating_sub(1).leading_zeros())
+            .clamp(1, MAX_BUCKET_BITS);
+        let shift = u64::BITS - bits;
+        let mut starts = Vec::with_capacity((1 << bits) + 1);
+        let mut node = 0;
+        for bucket in 0..=(1u64 << bits) {
+            while node < hashes.len() && hashes[node] >> shift < bucket {
+                node += 1;
+            }
+            starts.push(u32::try_from(node).unwrap_or(u32::MAX));
+        }
+        Self {
+            hashes,
+            owners,
+            starts,
+            shift,
+        }
+    }
+
+    /// The first node at or after `point` (`hashes.len()` if none: wrap).
+    fn node_at(&self, point: u64) -> usize {
+        let bucket = (point >> self.shift) as usize;
+        let (lo, hi) = (
+            self.starts[bucket] as usize,
+            self.starts[bucket + 1] as usize,
+        );
+        lo + self.hashes[lo..hi].partition_point(|&h| h < point)
+    }
 }
 
 impl Picker for RingPicker {
@@ -133,7 +177,7 @@ impl Picker for RingPicker {
         let Some(key) = request.extensions().get::<HashKey>() else {
             return Some(fastrand::usize(..ready.len()));
         };
-        let node = self.hashes.partition_point(|&h| h < key.0);
+        let node = self.node_at(key.0);
         let owner = self.owners.get(node).or(self.owners.first())?;
         Some(*owner as usize)
     }
@@ -266,6 +310,33 @@ pub(crate) fn xxh64(input: &[u8], seed: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bucket_table_finds_the_node_a_full_search_finds() {
+        for len in [1usize, 2, 3, 1000, 2048, 5000] {
+            let mut nodes: Vec<(u64, u32)> = (0..len)
+                .map(|i| (xxh64(format!("n_{i}").as_bytes(), 0), i as u32))
+                .collect();
+            if len == 3 {
+                // Extremes and a tie.
+                nodes = vec![(0, 0), (u64::MAX, 1), (u64::MAX, 2)];
+            }
+            nodes.sort_unstable();
+            let picker = RingPicker::new(nodes);
+            let mut points: Vec<u64> = (0..2000)
+                .map(|i| xxh64(format!("key-{i}").as_bytes(), 0))
+                .collect();
+            points.extend([0, 1, u64::MAX - 1, u64::MAX]);
+            points.extend(picker.hashes.iter().copied());
+            for point in points {
+                assert_eq!(
+                    picker.node_at(point),
+                    picker.hashes.partition_point(|&h| h < point),
+                    "{len} nodes, point {point:#x}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn xxh64_matches_the_reference() {
