@@ -30,9 +30,9 @@
 //! end has to work on, the two fall into lock-step: each end's write
 //! carries every call in flight, so each end idles while the other one
 //! works. Measured here with C=128 unary calls on one connection between two
-//! processes that both hold back: each side wrote one batch of 128 calls at
-//! a time, and the pair did about 0.6× the calls per second of the same pair
-//! with the client not holding back. A [`Gate`]
+//! processes that both hold back (pinned to one CPU each, median of 5): each
+//! side wrote one batch of 128 calls at a time (`strace`), and the pair did
+//! 24.1 k calls/s against 37.1 k with the client not holding back. A [`Gate`]
 //! ([`with_gate`](Coalesce::with_gate)) lets the owner of the connection say,
 //! write by write, whether holding back is worth it now; the balancer's
 //! gate holds back only while other connections carry a share of its calls.
