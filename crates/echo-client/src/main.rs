@@ -5,13 +5,8 @@ use std::{io::Write, process::ExitCode};
 
 use echo_client::{Client, cli::Args, describe_status};
 
-/// mimalloc rather than the system allocator: a call allocates and frees a
-/// few dozen small blocks (h2 streams, tasks, headers), often on another
-/// worker thread than the one that allocated them. In the unpinned Go-stack
-/// bench, the pair of binaries on glibc's malloc took 39.3 µs of client CPU
-/// per call (futex 0.74 per call) against 26.4 (futex 0.34) on mimalloc
-/// (BENCHMARKS.md). `loadgen` keeps the system allocator, so its scale
-/// figures are the libraries' memory as a user who picks none gets it.
+/// mimalloc, as `echo-server` (its `main.rs` says what it was measured to
+/// buy).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -6,12 +6,11 @@ use std::process::ExitCode;
 use echo_server::cli::Args;
 
 /// mimalloc rather than the system allocator: a call allocates and frees a
-/// few dozen small blocks (h2 streams, tasks, headers), often on another
-/// worker thread than the one that allocated them. In the unpinned Go-stack
-/// bench, the pair of binaries on glibc's malloc took 39.3 µs of client CPU
-/// per call (futex 0.74 per call) against 26.4 (futex 0.34) on mimalloc
-/// (BENCHMARKS.md). `loadgen` keeps the system allocator, so its scale
-/// figures are the libraries' memory as a user who picks none gets it.
+/// few dozen small blocks (h2 streams, tasks, headers). In the unpinned
+/// Go-stack bench, echo-client and echo-server on glibc's malloc took 39.3 µs
+/// of client CPU per call (0.74 futex calls per call) against 26.4 (0.34) on
+/// mimalloc (BENCHMARKS.md). `loadgen` keeps the system allocator, so its
+/// scale figures are the libraries' memory as a user who picks none gets it.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
