@@ -986,6 +986,23 @@ fn summary(xs: &[f64]) -> Value {
     json!({"p50": at(0.50), "p99": at(0.99), "max": at(1.0), "all": v.iter().map(|x| (x * 10.0).round() / 10.0).collect::<Vec<_>>()})
 }
 
+/// The mean of `xs`; `None` when there are none.
+fn mean(xs: impl IntoIterator<Item = f64>) -> Option<f64> {
+    let (sum, n) = xs
+        .into_iter()
+        .fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
+    (n > 0).then(|| sum / n as f64)
+}
+
+/// `num / den` to three decimals; `null` when either is missing or `den`
+/// is not positive.
+fn ratio3(num: Option<f64>, den: Option<f64>) -> Value {
+    match (num, den) {
+        (Some(num), Some(den)) if den > 0.0 => json!((num / den * 1000.0).round() / 1000.0),
+        _ => Value::Null,
+    }
+}
+
 /// `later - earlier` in ms (negative if `later` is earlier).
 fn ms(later: u64, earlier: u64) -> f64 {
     (later as f64 - earlier as f64) / 1000.0

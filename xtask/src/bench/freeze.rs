@@ -16,7 +16,7 @@ use std::{
 
 use serde_json::{Value, json};
 
-use super::{Bench, Plan, ms, unix_us};
+use super::{Bench, Plan, mean, ms, ratio3, unix_us};
 use crate::Result;
 
 const FREEZE: Duration = Duration::from_secs(5);
@@ -117,10 +117,7 @@ pub(super) fn run(bench: &mut Bench<'_>, plan: &Plan) -> Result<Value> {
     let baseline_from = (t_stop - BASELINE.as_micros() as u64).max(started + 1_000_000);
     let before = rate(&result, baseline_from, t_stop);
     let during = rate(&result, t_stop, t_cont);
-    let ratio = match (before, during) {
-        (Some(b), Some(d)) if b > 0.0 => json!((d / b * 1000.0).round() / 1000.0),
-        _ => Value::Null,
-    };
+    let ratio = ratio3(during, before);
     let freeze = json!({
         "before_rps": before.map(f64::round),
         "during_rps": during.map(f64::round),
@@ -175,17 +172,16 @@ pub(super) fn run(bench: &mut Bench<'_>, plan: &Plan) -> Result<Value> {
     for (i, _, _) in &servers {
         bench.stop(*i);
     }
-    let mean = |side: &str| {
-        let xs: Vec<f64> = rps[side]
-            .as_array()
-            .map(|a| a.iter().filter_map(Value::as_f64).collect())
-            .unwrap_or_default();
-        (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
+    let mean_rps = |side: &str| {
+        mean(
+            rps[side]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_f64),
+        )
     };
-    let happy = match (mean("on"), mean("off")) {
-        (Some(on), Some(off)) if off > 0.0 => json!((on / off * 1000.0).round() / 1000.0),
-        _ => Value::Null,
-    };
+    let happy = ratio3(mean_rps("on"), mean_rps("off"));
     Ok(json!({
         "freeze": freeze,
         "happy_path": {

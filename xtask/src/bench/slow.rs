@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::{Bench, CLIENT_CPU, Plan};
+use super::{Bench, CLIENT_CPU, Plan, mean, ratio3};
 use crate::Result;
 
 const DELAY: &str = "20ms";
@@ -57,22 +57,21 @@ pub(super) fn run(bench: &mut Bench<'_>, plan: &Plan) -> Result<Value> {
     for i in servers.into_iter().rev() {
         bench.stop(i);
     }
-    let mean = |lb: &str| {
-        let xs: Vec<f64> = runs[lb]
-            .as_array()
-            .map(|a| a.iter().filter_map(|r| r["rps"].as_f64()).collect())
-            .unwrap_or_default();
-        (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
+    let mean_rps = |lb: &str| {
+        mean(
+            runs[lb]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r["rps"].as_f64()),
+        )
     };
-    let ratio = match (mean("least-request"), mean("round-robin")) {
-        (Some(lr), Some(rr)) if rr > 0.0 => json!((lr / rr * 1000.0).round() / 1000.0),
-        _ => Value::Null,
-    };
+    let ratio = ratio3(mean_rps("least-request"), mean_rps("round-robin"));
     Ok(json!({
         "delay": DELAY,
         "concurrency": CONCURRENCY,
-        "round_robin_rps": mean("round-robin"),
-        "least_request_rps": mean("least-request"),
+        "round_robin_rps": mean_rps("round-robin"),
+        "least_request_rps": mean_rps("least-request"),
         "lr_over_rr": ratio,
         "runs": runs,
     }))
