@@ -125,6 +125,48 @@ impl Members {
         }
     }
 
+    /// Waits until `deadline`, or, when `no_member_was_ready`, until a
+    /// member is ready, whichever comes first; true when a member ended the
+    /// wait (at once if one is ready already).
+    ///
+    /// For a retry loop whose last attempt failed while [`ready`](Self::ready)
+    /// was `Some(0)`: a member coming back (its own reconnect backoff is at
+    /// most 2 s) cuts the caller's backoff short, so the two backoffs do not
+    /// add up. Without failover, or with `no_member_was_ready` false, it
+    /// just sleeps until `deadline`.
+    ///
+    /// ```no_run
+    /// # async fn run(connected: etcd_failover::Connected) {
+    /// use std::time::Duration;
+    /// use tokio::time::Instant;
+    ///
+    /// let mut client = connected.client.clone();
+    /// let mut delay = Duration::from_millis(100);
+    /// while client.get("k", None).await.is_err() {
+    ///     let none_ready = connected.members.ready() == Some(0);
+    ///     connected.members.retry_wait(Instant::now() + delay, none_ready).await;
+    ///     delay = (delay * 2).min(Duration::from_secs(5));
+    /// }
+    /// # }
+    /// ```
+    pub async fn retry_wait(
+        &self,
+        deadline: tokio::time::Instant,
+        no_member_was_ready: bool,
+    ) -> bool {
+        let sleep = tokio::time::sleep_until(deadline);
+        match &self.balancer {
+            Some(_) if no_member_was_ready => tokio::select! {
+                () = sleep => false,
+                () = self.wait_for(|ready| ready > 0) => true,
+            },
+            _ => {
+                sleep.await;
+                false
+            }
+        }
+    }
+
     /// One line: each member and its state, with its last error.
     pub fn describe(&self) -> String {
         match &self.balancer {

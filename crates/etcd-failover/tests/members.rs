@@ -1,5 +1,6 @@
-//! The failover client against a real 3-member cluster: requests keep
-//! working through a member's SIGKILL, errors name the members.
+//! The failover client against real etcd: on a 3-member cluster, requests
+//! keep working through a member's SIGKILL and errors name the members; on
+//! one member, its restart ends a retry wait.
 
 use std::time::Duration;
 
@@ -76,4 +77,56 @@ async fn requests_go_to_live_members_and_errors_name_them() {
             "{e} not named: {text}"
         );
     }
+}
+
+/// `retry_wait` after a failure with no member ready returns as soon as the
+/// restarted member is connected, long before its deadline; without that
+/// flag it sleeps out the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_wait_ends_when_a_member_is_back() {
+    let mut etcd = integration_tests::private_etcd();
+    let connected = etcd_failover::connect(&[etcd.endpoint()], None, None, Duration::from_secs(2))
+        .await
+        .expect("connect");
+    let mut client = connected.client.clone();
+    client.put("retry_wait", "1", None).await.expect("put");
+    let members = connected.members.clone();
+
+    etcd.kill();
+    members.wait_for(|ready| ready == 0).await;
+    client
+        .get("retry_wait", None)
+        .await
+        .expect_err("no member is up");
+    let none_ready = members.ready() == Some(0);
+    assert!(none_ready, "{}", members.describe());
+
+    // A deadline no test would wait for: only the member's return ends it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let waiting = tokio::spawn({
+        let members = members.clone();
+        async move { members.retry_wait(deadline, none_ready).await }
+    });
+    let etcd = tokio::task::spawn_blocking(move || {
+        etcd.start().expect("etcd restarts");
+        etcd
+    })
+    .await
+    .expect("join");
+    let back = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("retry_wait returned once the member was back")
+        .expect("join");
+    assert!(back, "the member ended the wait");
+    assert_eq!(members.ready(), Some(1), "{}", members.describe());
+    client
+        .get("retry_wait", None)
+        .await
+        .expect("get after the restart");
+
+    // Not flagged: a plain sleep to the deadline, though a member is ready.
+    let short = tokio::time::Instant::now() + Duration::from_millis(50);
+    assert!(!members.retry_wait(short, false).await);
+    assert!(tokio::time::Instant::now() >= short);
+    drop(etcd);
 }

@@ -288,6 +288,17 @@ async fn next_message(streams: &mut Option<Streams>) -> Event {
     }
 }
 
+/// [`Members::retry_wait`], or a plain sleep for a caller's client.
+async fn retry_wait(members: Option<&Members>, wake: Instant, no_member_ready: bool) -> bool {
+    match members {
+        Some(m) => m.retry_wait(wake, no_member_ready).await,
+        None => {
+            sleep_until(wake).await;
+            false
+        }
+    }
+}
+
 async fn sleep_until_some(at: Option<Instant>) {
     match at {
         Some(at) => sleep_until(at).await,
@@ -652,6 +663,11 @@ impl Task {
         let lost_at = Instant::now();
         let mut next: Option<u32> = self.flaps.checked_sub(1);
         let mut attempts = 0u32;
+        // Set when the last attempt failed with no member ready: then a
+        // member coming back (its own reconnect backoff is at most 2 s) ends
+        // the wait at once, so the two backoffs do not add up.
+        let mut no_member_ready = false;
+        let members = self.members.clone();
         loop {
             let delay = next.map_or(Duration::ZERO, |n| self.backoff.delay(n));
             let wake = Instant::now() + delay;
@@ -680,7 +696,12 @@ impl Task {
                             )));
                         }
                     },
-                    _ = sleep_until(wake) => break,
+                    back = retry_wait(members.as_ref(), wake, no_member_ready) => {
+                        if back {
+                            debug!(key = %self.key, members = %self.describe_members(), "an etcd member is ready again; re-registering now");
+                        }
+                        break;
+                    }
                 }
             }
             attempts += 1;
@@ -709,6 +730,7 @@ impl Task {
                 Ok(Err(e)) => describe(&e),
                 Err(_) => format!("no answer within {:?}", self.request_timeout),
             };
+            no_member_ready = members.as_ref().and_then(Members::ready) == Some(0);
             let n = next.map_or(0, |n| n.saturating_add(1));
             next = Some(n);
             if self.backoff.is_capped(n) {

@@ -249,8 +249,12 @@ async fn registration_is_restored_within_3s_of_etcd_being_healthy_after_a_restar
 
     etcd.kill();
     wait_for_state(&mut state, State::Reconnecting, Duration::from_secs(3)).await;
-    // Down for a while, as in a real restart.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Down for a while, as in a real restart: long enough that both the
+    // re-registration backoff (100 ms, x2) and the member's reconnect backoff
+    // (100 ms, x1.6, at most 2 s) have grown past a second. The registry must
+    // not wait out its own backoff once the member is back, or the two add
+    // up past the 3 s below.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     let etcd = tokio::task::spawn_blocking(move || {
         etcd.start().expect("etcd restarts");
         etcd

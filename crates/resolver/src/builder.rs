@@ -176,8 +176,8 @@ impl ResolverBuilder {
             Some(options),
             self.connect_timeout,
         );
-        let client = match timeout_at(deadline, connect).await {
-            Ok(Ok(connected)) => connected.client,
+        let connected = match timeout_at(deadline, connect).await {
+            Ok(Ok(connected)) => connected,
             Ok(Err(e)) => return Err(ConnectError::from_etcd(&doing, &e, secured)),
             Err(_) => {
                 return Err(ConnectError::new(
@@ -189,7 +189,8 @@ impl ResolverBuilder {
                 ));
             }
         };
-        let mut resolver = Resolver::new(client, self.prefix);
+        let mut resolver = Resolver::new(connected.client, self.prefix);
+        resolver.members = Some(connected.members);
         resolver.secured = secured;
         resolver.check(deadline, &doing).await?;
         Ok(resolver)

@@ -12,7 +12,8 @@
 //! When the watch is canceled (compaction), fails, or etcd goes away, the
 //! resolver keeps the last known set, retries with [`Backoff`] (the
 //! workspace's one backoff, re-exported from the `backoff` crate; default
-//! 100 ms, ×2, at most 5 s, ±20 %), lists again
+//! 100 ms, ×2, at most 5 s, ±20 %; cut short when no member was reachable
+//! and one is connected again), lists again
 //! and emits only the differences: no endpoint lost, none left behind, the
 //! unchanged ones undisturbed. Each recovery is logged with its reason and
 //! duration; an outage is logged once, and [`Resolution::health`] tells it.

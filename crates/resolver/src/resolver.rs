@@ -5,6 +5,7 @@ use std::{collections::HashMap, fmt, sync::Arc, time::Duration};
 use etcd_client::{
     Client, ConnectOptions, EventType, GetOptions, KeyValue, WatchOptions, WatchStream,
 };
+use etcd_failover::Members;
 use etcd_security::{Secured, describe, diagnose};
 use tokio::time::{Instant, timeout};
 use tracing::{Instrument, debug, info, warn};
@@ -43,6 +44,9 @@ pub struct Resolver {
     backoff: Backoff,
     page_size: i64,
     request_timeout: Duration,
+    /// The members of our own client (`None` for a caller's client): a
+    /// member coming back ends an outage's backoff at once.
+    pub(crate) members: Option<Members>,
     #[cfg(test)]
     pub(crate) before_watch: Option<Hook>,
 }
@@ -72,6 +76,7 @@ impl Resolver {
             backoff: Backoff::default(),
             page_size: 1000,
             request_timeout: Duration::from_secs(5),
+            members: None,
             #[cfg(test)]
             before_watch: None,
         }
@@ -95,7 +100,9 @@ impl Resolver {
         });
         let connected =
             etcd_failover::connect(endpoints, None, Some(options), Duration::from_secs(2)).await?;
-        Ok(Self::new(connected.client, prefix))
+        let mut resolver = Self::new(connected.client, prefix);
+        resolver.members = Some(connected.members);
+        Ok(resolver)
     }
 
     /// How long to wait between attempts to reach etcd again.
@@ -223,7 +230,18 @@ impl Resolver {
                     if outage.is_none() {
                         outage = Some((Instant::now(), error));
                     }
-                    tokio::time::sleep(delay).await;
+                    let no_member_ready = self.members.as_ref().and_then(Members::ready) == Some(0);
+                    let wake = Instant::now() + delay;
+                    let back = match &self.members {
+                        Some(m) => m.retry_wait(wake, no_member_ready).await,
+                        None => {
+                            tokio::time::sleep_until(wake).await;
+                            false
+                        }
+                    };
+                    if back {
+                        debug!("an etcd member is ready again; listing now");
+                    }
                 }
             }
         }
