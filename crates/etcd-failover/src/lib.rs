@@ -23,7 +23,10 @@
 //!   answers "etcdserver: no leader" at once and cancels its watches and
 //!   keepalive streams, instead of leaving them silently stale;
 //! - errors name the member: "connection to 127.0.0.1:2379 failed during the
-//!   call: …", or, when no member is ready, each member's last error.
+//!   call: …", or, when no member is ready, each member's last error;
+//! - a retry loop that failed for want of a ready member can wait with
+//!   [`Members::retry_wait`], which ends as soon as a member is connected
+//!   again, so the caller's backoff does not add to the member's.
 //!
 //! etcd-client still does what it does on top of any channel: it adds the
 //! auth token (from [`ConnectOptions::with_user`]) and refreshes it. TLS is
@@ -175,6 +178,23 @@ impl Members {
                 "{} (etcd-client's channel, no member failover)",
                 self.endpoints.join(",")
             ),
+        }
+    }
+}
+
+/// [`Members::retry_wait`] where the members may be unknown (`None`: a client
+/// the caller made, which does not tell): then a plain sleep until
+/// `deadline`, returning false.
+pub async fn retry_wait(
+    members: Option<&Members>,
+    deadline: tokio::time::Instant,
+    no_member_was_ready: bool,
+) -> bool {
+    match members {
+        Some(m) => m.retry_wait(deadline, no_member_was_ready).await,
+        None => {
+            tokio::time::sleep_until(deadline).await;
+            false
         }
     }
 }

@@ -288,17 +288,6 @@ async fn next_message(streams: &mut Option<Streams>) -> Event {
     }
 }
 
-/// [`Members::retry_wait`], or a plain sleep for a caller's client.
-async fn retry_wait(members: Option<&Members>, wake: Instant, no_member_ready: bool) -> bool {
-    match members {
-        Some(m) => m.retry_wait(wake, no_member_ready).await,
-        None => {
-            sleep_until(wake).await;
-            false
-        }
-    }
-}
-
 async fn sleep_until_some(at: Option<Instant>) {
     match at {
         Some(at) => sleep_until(at).await,
@@ -696,7 +685,7 @@ impl Task {
                             )));
                         }
                     },
-                    back = retry_wait(members.as_ref(), wake, no_member_ready) => {
+                    back = etcd_failover::retry_wait(members.as_ref(), wake, no_member_ready) => {
                         if back {
                             debug!(key = %self.key, members = %self.describe_members(), "an etcd member is ready again; re-registering now");
                         }

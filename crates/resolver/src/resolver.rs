@@ -232,14 +232,8 @@ impl Resolver {
                     }
                     let no_member_ready = self.members.as_ref().and_then(Members::ready) == Some(0);
                     let wake = Instant::now() + delay;
-                    let back = match &self.members {
-                        Some(m) => m.retry_wait(wake, no_member_ready).await,
-                        None => {
-                            tokio::time::sleep_until(wake).await;
-                            false
-                        }
-                    };
-                    if back {
+                    let members = self.members.as_ref();
+                    if etcd_failover::retry_wait(members, wake, no_member_ready).await {
                         debug!("an etcd member is ready again; listing now");
                     }
                 }

@@ -10,7 +10,7 @@ use discover::{Change, Endpoint};
 use etcd_client::{Client, Txn, TxnOp};
 use futures::StreamExt;
 use integration_tests::{connect, etcd_client, private_etcd, unique_prefix};
-use resolver::{Backoff, Resolution, Resolver};
+use resolver::{Backoff, Health, Resolution, Resolver};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -361,6 +361,60 @@ async fn after_an_etcd_restart_only_the_differences_are_emitted() {
         follower.changes_before_marker(&mut client, &prefix).await,
         []
     );
+}
+
+/// etcd down long enough that the resolver's backoff (default: 100 ms, x2)
+/// has grown past a second: once the member is connected again the resolver
+/// lists at once, so a key put right after the restart arrives within 3 s of
+/// etcd being healthy. That bound holds for the member's reconnect backoff
+/// (at most 2 s) alone, not for it and the resolver's own wait added up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_long_etcd_outage_the_resolver_lists_once_a_member_is_back() {
+    init_logs();
+    let mut etcd = private_etcd();
+    let endpoints = vec![etcd.endpoint()];
+    let prefix = unique_prefix("long_outage");
+    let mut client = connect(&endpoints).await;
+    let key = |i: u32| format!("{prefix}/127.0.0.1:{}", 9000 + i);
+    put(&mut client, &key(1), &go_value("127.0.0.1:9001", "a")).await;
+    let mut expected = HashMap::from([(key(1), endpoint("127.0.0.1:9001", "a"))]);
+    let resolver = Resolver::connect(&endpoints, None, &prefix).await.unwrap();
+    let mut follower = Follower::new(resolver.resolve());
+    let mut health = follower.resolution.health();
+    follower.until(&expected).await;
+
+    etcd.kill();
+    tokio::time::timeout(
+        Duration::from_secs(3),
+        health.wait_for(|h| matches!(h, Health::Outage(_))),
+    )
+    .await
+    .expect("an outage within 3 s of etcd's death")
+    .expect("health channel");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let etcd = tokio::task::spawn_blocking(move || {
+        etcd.start().expect("etcd restarts");
+        etcd
+    })
+    .await
+    .expect("join");
+    let healthy = Instant::now();
+    let mut client = connect(&endpoints).await;
+    put(&mut client, &key(2), &go_value("127.0.0.1:9002", "b")).await;
+    expected.insert(key(2), endpoint("127.0.0.1:9002", "b"));
+    tokio::time::timeout(Duration::from_secs(3), follower.until(&expected))
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "the resolver had not listed again 3 s after etcd was healthy: {:?}",
+                *health.borrow()
+            )
+        });
+    eprintln!(
+        "resolver saw the new key {:?} after etcd was healthy again",
+        healthy.elapsed()
+    );
+    drop(etcd);
 }
 
 /// The resolver is behind (etcd restarted, it has not reconnected yet) while
