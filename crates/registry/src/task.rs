@@ -136,12 +136,14 @@ pub(crate) async fn register(
         }
         let wake = Instant::now() + backoff.delay(attempt);
         attempt += 1;
-        if wake >= deadline {
+        // As in `reconnect`: a member connected again ends the wait at once.
+        let no_member_ready = members.as_ref().and_then(Members::ready) == Some(0);
+        let back =
+            etcd_failover::retry_wait(members.as_ref(), wake.min(deadline), no_member_ready).await;
+        if !back && wake >= deadline {
             // No time for another attempt: report at the deadline, as promised.
-            sleep_until(deadline).await;
             break;
         }
-        sleep_until(wake).await;
     }
     let cause = last_error.unwrap_or_else(|| "no answer".to_owned());
     Err(Error::new(

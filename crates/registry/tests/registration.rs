@@ -278,6 +278,45 @@ async fn registration_is_restored_within_3s_of_etcd_being_healthy_after_a_restar
     drop(etcd);
 }
 
+/// A server started before etcd: `register()` keeps trying within its
+/// connect timeout, and succeeds as soon as etcd's member is connected, not
+/// when its own backoff (grown past a second by then) runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_succeeds_within_3s_of_etcd_starting_late() {
+    init_tracing();
+    let mut etcd = private_etcd();
+    let endpoint = etcd.endpoint();
+    etcd.kill();
+    let registering = tokio::spawn(
+        Registration::new(unique_prefix("etcd_late"), "127.0.0.1:1012")
+            .etcd_endpoints([endpoint.clone()])
+            .instance_id("a")
+            .ttl(TTL)
+            .connect_timeout(Duration::from_secs(20))
+            .register(),
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(!registering.is_finished(), "registered with etcd down");
+    let etcd = tokio::task::spawn_blocking(move || {
+        etcd.start().expect("etcd starts");
+        etcd
+    })
+    .await
+    .expect("join");
+    let healthy = Instant::now();
+    let reg = tokio::time::timeout(Duration::from_secs(3), registering)
+        .await
+        .expect("registered within 3 s of etcd being healthy")
+        .expect("join")
+        .expect("register");
+    eprintln!("registered {:?} after etcd was healthy", healthy.elapsed());
+    let mut client = integration_tests::connect(&[endpoint]).await;
+    let (value, _) = get(&mut client, reg.key()).await.expect("key present");
+    assert_eq!(value, expected_value("127.0.0.1:1012", "a"));
+    reg.deregister().await.expect("deregister");
+    drop(etcd);
+}
+
 #[tokio::test]
 async fn register_fails_with_a_clear_error_after_the_connect_timeout_when_etcd_is_down() {
     init_tracing();
