@@ -12,9 +12,10 @@
 //! backoff and jitter (the workspace's `backoff` crate, `Backoff::ETCD`:
 //! 100 ms, ×2, at most 5 s, ±20 %), until [`Registered::deregister`] is called. Its
 //! [`State`] is observable through [`Registered::state`]. When an attempt
-//! failed because no etcd member was reachable, the next one starts as soon
-//! as a member is connected again (within about 2 s of etcd being back),
-//! not when the backoff runs out.
+//! (the first registration's or a re-registration's) failed because no etcd
+//! member was reachable, the next one starts as soon as a member is
+//! connected again (within about 2 s of etcd being back), not when the
+//! backoff runs out.
 //!
 //! etcd over TLS (CA, client certificate) and with a user and password:
 //! [`Registration::etcd_tls`] with an [`EtcdTls`], and

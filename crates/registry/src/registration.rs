@@ -182,7 +182,8 @@ impl Registration {
     }
 
     /// How long [`register`](Self::register) tries (with retries) before
-    /// giving up.
+    /// giving up. An etcd that comes up meanwhile is used as soon as its
+    /// member is connected (within about 2 s), not at the next backoff step.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
