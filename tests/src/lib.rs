@@ -110,6 +110,22 @@ pub fn private_etcd() -> EtcdProcess {
     EtcdProcess::start_default().unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Starts the killed private `etcd` again, on a blocking thread so that the
+/// runtime keeps running the code under test meanwhile; returns it once it
+/// answers its health check.
+///
+/// # Panics
+/// When etcd does not come back (the message says why).
+pub async fn start_again(mut etcd: EtcdProcess) -> EtcdProcess {
+    tokio::task::spawn_blocking(move || {
+        etcd.start()
+            .unwrap_or_else(|e| panic!("etcd did not start again: {e}"));
+        etcd
+    })
+    .await
+    .expect("the thread starting etcd")
+}
+
 /// A private local etcd cluster of `members` members on free ports, with
 /// fast elections, that this test may kill and restart member by member
 /// ([`Cluster::kill`], [`Cluster::restart`], [`Cluster::leader`]).

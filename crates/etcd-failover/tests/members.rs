@@ -107,12 +107,7 @@ async fn retry_wait_ends_when_a_member_is_back() {
         let members = members.clone();
         async move { members.retry_wait(deadline, none_ready).await }
     });
-    let etcd = tokio::task::spawn_blocking(move || {
-        etcd.start().expect("etcd restarts");
-        etcd
-    })
-    .await
-    .expect("join");
+    let etcd = integration_tests::start_again(etcd).await;
     let back = tokio::time::timeout(Duration::from_secs(10), waiting)
         .await
         .expect("retry_wait returned once the member was back")

@@ -255,12 +255,7 @@ async fn registration_is_restored_within_3s_of_etcd_being_healthy_after_a_restar
     // not wait out its own backoff once the member is back, or the two add
     // up past the 3 s below.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let etcd = tokio::task::spawn_blocking(move || {
-        etcd.start().expect("etcd restarts");
-        etcd
-    })
-    .await
-    .expect("join");
+    let etcd = integration_tests::start_again(etcd).await;
     let healthy = Instant::now();
     wait_for_state(&mut state, State::Registered, Duration::from_secs(3)).await;
     eprintln!(
@@ -297,12 +292,7 @@ async fn register_succeeds_within_3s_of_etcd_starting_late() {
     );
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(!registering.is_finished(), "registered with etcd down");
-    let etcd = tokio::task::spawn_blocking(move || {
-        etcd.start().expect("etcd starts");
-        etcd
-    })
-    .await
-    .expect("join");
+    let etcd = integration_tests::start_again(etcd).await;
     let healthy = Instant::now();
     let reg = tokio::time::timeout(Duration::from_secs(3), registering)
         .await

@@ -392,12 +392,7 @@ async fn after_a_long_etcd_outage_the_resolver_lists_once_a_member_is_back() {
     .expect("an outage within 3 s of etcd's death")
     .expect("health channel");
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let etcd = tokio::task::spawn_blocking(move || {
-        etcd.start().expect("etcd restarts");
-        etcd
-    })
-    .await
-    .expect("join");
+    let etcd = integration_tests::start_again(etcd).await;
     let healthy = Instant::now();
     let mut client = connect(&endpoints).await;
     put(&mut client, &key(2), &go_value("127.0.0.1:9002", "b")).await;
