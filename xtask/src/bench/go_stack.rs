@@ -24,7 +24,7 @@ use std::{
 
 use serde_json::{Value, json};
 
-use super::{Bench, CLIENT_CPU, Plan, SERVER_CPU, unix_us};
+use super::{Bench, CLIENT_CPU, Plan, SERVER_CPU, mean, unix_us};
 use crate::Result;
 
 /// The four pairings: (key, client side, server side).
@@ -370,21 +370,17 @@ impl Report {
 }
 
 fn average(rs: &[&Value]) -> Value {
-    let mean = |k: &str| {
-        let xs: Vec<f64> = rs.iter().filter_map(|r| r[k].as_f64()).collect();
-        if xs.is_empty() {
-            Value::Null
-        } else {
-            json!((xs.iter().sum::<f64>() / xs.len() as f64 * 10.0).round() / 10.0)
-        }
+    let mean_of = |k: &str| {
+        mean(rs.iter().filter_map(|r| r[k].as_f64()))
+            .map_or(Value::Null, |m| json!((m * 10.0).round() / 10.0))
     };
     json!({
-        "rps": mean("rps"),
-        "p50_us": mean("p50_us"),
-        "p99_us": mean("p99_us"),
+        "rps": mean_of("rps"),
+        "p50_us": mean_of("p50_us"),
+        "p99_us": mean_of("p99_us"),
         "errors": rs.iter().filter_map(|r| r["errors"].as_u64()).sum::<u64>(),
-        "client_cpu_us": mean("client_cpu_us"),
-        "server_cpu_us": mean("server_cpu_us"),
+        "client_cpu_us": mean_of("client_cpu_us"),
+        "server_cpu_us": mean_of("server_cpu_us"),
         "runs": rs,
     })
 }
