@@ -1,6 +1,6 @@
 //! Least request: the power of d choices over outstanding requests.
 
-use crate::{PickRequest, Picker, Policy, ReadyEndpoint};
+use crate::{Candidate, PickRequest, Picker, Policy};
 
 /// The most choices a pick samples (gRPC's A48 bound).
 const MAX_CHOICES: usize = 10;
@@ -48,7 +48,7 @@ impl Default for LeastRequest {
 }
 
 impl Policy for LeastRequest {
-    fn build(&self, _ready: &[ReadyEndpoint]) -> Box<dyn Picker> {
+    fn build(&self, _ready: &[Candidate]) -> Box<dyn Picker> {
         Box::new(LeastRequestPicker {
             choices: self.choices,
         })
@@ -64,7 +64,7 @@ struct LeastRequestPicker {
 }
 
 impl Picker for LeastRequestPicker {
-    fn pick(&self, _request: &PickRequest<'_>, ready: &[ReadyEndpoint]) -> Option<usize> {
+    fn pick(&self, _request: &PickRequest<'_>, ready: &[Candidate]) -> Option<usize> {
         let n = ready.len();
         let load = |i: usize| ready[i].signals().outstanding();
         match n {

@@ -67,8 +67,10 @@
 //! # Writing a policy
 //!
 //! A [`Policy`] builds a [`Picker`] in the owner task each time the READY
-//! set changes; the picker chooses, for each request ([`PickRequest`]: path,
-//! headers, extensions), an index among the [`ReadyEndpoint`]s, whose
+//! set changes (or, for a policy of [`Scope::All`] such as ring hash, each
+//! time endpoints are added or removed); the picker chooses, for each
+//! request ([`PickRequest`]: path, headers, extensions), an index among the
+//! [`Candidate`]s (with their connectivity state under `Scope::All`), whose
 //! [`Endpoint`] carries the registration's metadata and whose [`Signals`]
 //! count outstanding requests, latency and failures. The built-in policies
 //! are written this way too. [`Policy`]'s docs show a whole one (prefer the
@@ -98,7 +100,7 @@ pub use config::{BackoffConfig, EndpointConfig, Fallback};
 pub use discover::{Change, Endpoint, InvalidAddress};
 pub use least_request::LeastRequest;
 pub use outlier::OutlierDetection;
-pub use policy::{PickRequest, Picker, Policy, ReadyEndpoint, RoundRobin};
+pub use policy::{Candidate, PickRequest, Picker, Policy, RoundRobin, Scope};
 pub use probe::FreezeDetection;
 pub use ring_hash::{HashKey, HashKeyExt, RingHash};
 pub use served_by::{ServedBy, ServedByExt};

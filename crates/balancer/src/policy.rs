@@ -1,10 +1,13 @@
-//! Load-balancing policies: what chooses among the READY endpoints.
+//! Load-balancing policies: what chooses among the endpoints.
 //!
 //! A [`Policy`] is asked, in the task that owns the endpoint set and never on
-//! the request path, to build a [`Picker`] each time the set of pickable
-//! endpoints changes. The picker is immutable (interior atomics aside) and is
-//! called for every request with the request and that same slice of
-//! endpoints. The built-in policies ([`RoundRobin`], the default,
+//! the request path, to build a [`Picker`] each time the set of endpoints it
+//! sees changes: the READY ones (the default, [`Scope::Ready`]), or every
+//! known one with its connectivity state ([`Scope::All`], what ring hash
+//! needs so that a key's owner does not depend on which connections happen
+//! to be up). The picker is immutable (interior atomics aside) and is
+//! called for every request with the request and the current slice of
+//! those endpoints ([`Candidate`]s). The built-in policies ([`RoundRobin`], the default,
 //! [`LeastRequest`](crate::LeastRequest), [`RingHash`](crate::RingHash)) are
 //! written against these same traits; nothing is privileged.
 //!
@@ -22,12 +25,19 @@ use std::{
 
 use discover::Endpoint;
 
-use crate::{connection::Sender, signals::Signals, state::EndpointShared};
+use crate::{
+    connection::Sender,
+    signals::Signals,
+    state::{ConnectivityState, EndpointShared},
+};
 
-/// Builds a [`Picker`] for each new set of pickable endpoints.
+/// Builds a [`Picker`] for each new set of endpoints.
 ///
-/// `build` runs in the balancer's owner task whenever the endpoints that may
-/// be picked change (one connects or drops, is added or removed);
+/// `build` runs in the balancer's owner task whenever the endpoints the
+/// policy sees change: under [`Scope::Ready`] (the default) when one
+/// connects or drops, is added or removed; under [`Scope::All`] only when
+/// one is added or removed (their states change under the picker, which
+/// reads them on each pick with [`Candidate::is_ready`] and friends);
 /// it may take its time (a ring of virtual nodes, an index by zone), since no
 /// request waits for it: requests keep using the previous picker until the
 /// new one is published.
@@ -37,14 +47,14 @@ use crate::{connection::Sender, signals::Signals, state::EndpointShared};
 ///
 /// ```
 /// use std::sync::atomic::{AtomicUsize, Ordering};
-/// use balancer::{PickRequest, Picker, Policy, ReadyEndpoint};
+/// use balancer::{Candidate, PickRequest, Picker, Policy};
 ///
 /// struct SameZone(String);
 ///
 /// struct SameZonePicker { local: Vec<usize>, next: AtomicUsize }
 ///
 /// impl Policy for SameZone {
-///     fn build(&self, ready: &[ReadyEndpoint]) -> Box<dyn Picker> {
+///     fn build(&self, ready: &[Candidate]) -> Box<dyn Picker> {
 ///         let local = (0..ready.len())
 ///             .filter(|&i| ready[i].endpoint().metadata()["zone"] == self.0.as_str())
 ///             .collect();
@@ -53,7 +63,7 @@ use crate::{connection::Sender, signals::Signals, state::EndpointShared};
 /// }
 ///
 /// impl Picker for SameZonePicker {
-///     fn pick(&self, _: &PickRequest<'_>, ready: &[ReadyEndpoint]) -> Option<usize> {
+///     fn pick(&self, _: &PickRequest<'_>, ready: &[Candidate]) -> Option<usize> {
 ///         let n = self.next.fetch_add(1, Ordering::Relaxed);
 ///         match self.local.len() {
 ///             0 if ready.is_empty() => None,
@@ -70,9 +80,15 @@ use crate::{connection::Sender, signals::Signals, state::EndpointShared};
 /// # }
 /// ```
 pub trait Policy: Send + Sync + 'static {
-    /// A picker over `ready`: the endpoints that may be picked (READY), in
-    /// the order the picker's `pick` will see them.
-    fn build(&self, ready: &[ReadyEndpoint]) -> Box<dyn Picker>;
+    /// A picker over `candidates`, in the order the picker's `pick` will see
+    /// them: the READY endpoints under [`Scope::Ready`], every known endpoint
+    /// sorted by key under [`Scope::All`].
+    fn build(&self, candidates: &[Candidate]) -> Box<dyn Picker>;
+
+    /// Which endpoints the picker sees. Default [`Scope::Ready`].
+    fn scope(&self) -> Scope {
+        Scope::Ready
+    }
 
     /// A short name for logs and `Debug` (e.g. `round-robin`).
     fn name(&self) -> &str {
@@ -80,9 +96,32 @@ pub trait Policy: Send + Sync + 'static {
     }
 }
 
+/// Which endpoints a [`Policy`] builds its picker over and picks among.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Scope {
+    /// The READY endpoints that are not excluded (suspected frozen, ejected,
+    /// not serving): every candidate can take a request at once. Round robin
+    /// and least request.
+    #[default]
+    Ready,
+    /// Every known endpoint, whatever its state, sorted by key; the picker
+    /// is rebuilt only when endpoints are added or removed. Picking a
+    /// candidate that is connecting ([`Candidate::is_connecting`]) makes the
+    /// request wait for it (bounded by its deadline and
+    /// [`Builder::sticky_wait`](crate::Builder::sticky_wait), after which
+    /// [`PickRequest::connecting_wait_over`] is true); picking one in
+    /// transient failure or excluded sends the request to the next READY
+    /// candidate in the slice. Ring hash.
+    All,
+}
+
 impl Policy for Box<dyn Policy> {
-    fn build(&self, ready: &[ReadyEndpoint]) -> Box<dyn Picker> {
-        (**self).build(ready)
+    fn build(&self, candidates: &[Candidate]) -> Box<dyn Picker> {
+        (**self).build(candidates)
+    }
+
+    fn scope(&self) -> Scope {
+        (**self).scope()
     }
 
     fn name(&self) -> &str {
@@ -91,8 +130,12 @@ impl Policy for Box<dyn Policy> {
 }
 
 impl Policy for Arc<dyn Policy> {
-    fn build(&self, ready: &[ReadyEndpoint]) -> Box<dyn Picker> {
-        (**self).build(ready)
+    fn build(&self, candidates: &[Candidate]) -> Box<dyn Picker> {
+        (**self).build(candidates)
+    }
+
+    fn scope(&self) -> Scope {
+        (**self).scope()
     }
 
     fn name(&self) -> &str {
@@ -105,14 +148,17 @@ impl Policy for Arc<dyn Policy> {
 /// Called on the request path, concurrently from every task sending: keep it
 /// to a few loads and atomic operations, no locks, no allocation.
 pub trait Picker: Send + Sync + 'static {
-    /// The index in `ready` (the slice given to [`Policy::build`]) of the
-    /// endpoint for `request`. An index past the end is taken modulo the
-    /// length. `None` means no endpoint is acceptable: the request waits for
-    /// the next change of the set (bounded by its deadline).
+    /// The index in `candidates` (the endpoints given to [`Policy::build`],
+    /// with their current states) of the endpoint for `request`. An index
+    /// past the end is taken modulo the length. `None` means no endpoint is
+    /// acceptable: the request waits for the next change of the set (bounded
+    /// by its deadline).
     ///
     /// If the chosen endpoint's connection closed since the picker was
-    /// built, the balancer takes the next pickable one after it in `ready`.
-    fn pick(&self, request: &PickRequest<'_>, ready: &[ReadyEndpoint]) -> Option<usize>;
+    /// built, or (under [`Scope::All`]) it is in transient failure or
+    /// excluded, the balancer takes the next pickable one after it in
+    /// `candidates`; if it is connecting, the request waits for it.
+    fn pick(&self, request: &PickRequest<'_>, candidates: &[Candidate]) -> Option<usize>;
 }
 
 /// The request being balanced, as a [`Picker`] sees it; borrowed, nothing is
@@ -126,6 +172,7 @@ pub trait Picker: Send + Sync + 'static {
 #[derive(Clone, Copy)]
 pub struct PickRequest<'a> {
     parts: &'a http::request::Parts,
+    connecting_wait_over: bool,
 }
 
 /// What [`Balancer::pick_with`](crate::Balancer::pick_with) shows a picker:
@@ -136,12 +183,31 @@ static NO_REQUEST: LazyLock<http::request::Parts> =
 impl<'a> PickRequest<'a> {
     /// The request whose head is `parts`.
     pub fn new(parts: &'a http::request::Parts) -> Self {
-        Self { parts }
+        Self {
+            parts,
+            connecting_wait_over: false,
+        }
     }
 
     /// A request with nothing in it.
     pub(crate) fn none() -> PickRequest<'static> {
-        PickRequest { parts: &NO_REQUEST }
+        PickRequest::new(&NO_REQUEST)
+    }
+
+    /// This request as it is picked for once it has waited for a
+    /// connecting endpoint as long as it may (`over`), or before.
+    #[must_use]
+    pub fn with_connecting_wait_over(mut self, over: bool) -> Self {
+        self.connecting_wait_over = over;
+        self
+    }
+
+    /// Whether this request has waited as long as it may for a connecting
+    /// endpoint ([`Builder::sticky_wait`](crate::Builder::sticky_wait)): a
+    /// [`Scope::All`] picker should then choose among READY candidates only.
+    /// Always `false` on a request's first pick.
+    pub fn connecting_wait_over(&self) -> bool {
+        self.connecting_wait_over
     }
 
     /// The gRPC method's path, e.g. `/echo.Echo/UnaryEcho`.
@@ -169,15 +235,58 @@ impl fmt::Debug for PickRequest<'_> {
     }
 }
 
-/// A pickable endpoint (READY) with its signals, as policies see it. It is the balancer's own snapshot entry: showing it to a policy
-/// costs nothing.
+/// An endpoint as policies see it: its address, instance id and metadata,
+/// its signals, and (under [`Scope::All`]) its connectivity state when the
+/// set was last published. It is the balancer's own snapshot entry: showing
+/// it to a policy costs nothing.
 #[derive(Clone)]
-pub struct ReadyEndpoint {
+pub struct Candidate {
     pub(crate) shared: Arc<EndpointShared>,
-    pub(crate) sender: Sender,
+    /// The connection's sender, when READY.
+    pub(crate) sender: Option<Sender>,
+    pub(crate) state: ConnectivityState,
+    /// READY but not to be picked (suspected frozen, ejected, not serving).
+    pub(crate) excluded: bool,
 }
 
-impl ReadyEndpoint {
+impl Candidate {
+    /// A READY, pickable candidate.
+    pub(crate) fn ready(shared: Arc<EndpointShared>, sender: Sender) -> Self {
+        Self {
+            shared,
+            sender: Some(sender),
+            state: ConnectivityState::Ready,
+            excluded: false,
+        }
+    }
+
+    /// The connectivity state of its connection.
+    pub fn state(&self) -> ConnectivityState {
+        self.state
+    }
+
+    /// READY and not excluded: a request picked for it is sent at once.
+    /// Always true under [`Scope::Ready`].
+    #[inline]
+    pub fn is_ready(&self) -> bool {
+        self.state == ConnectivityState::Ready && !self.excluded
+    }
+
+    /// IDLE or CONNECTING: a request picked for it waits until it is READY
+    /// (or fails, or the wait is over).
+    pub fn is_connecting(&self) -> bool {
+        matches!(
+            self.state,
+            ConnectivityState::Idle | ConnectivityState::Connecting
+        )
+    }
+
+    /// READY but not to be picked: suspected frozen, ejected as an outlier,
+    /// or not serving ([`Balancer::endpoints`](crate::Balancer::endpoints)
+    /// says which).
+    pub fn is_excluded(&self) -> bool {
+        self.excluded
+    }
     /// Address, instance id and metadata.
     pub fn endpoint(&self) -> &Endpoint {
         &self.shared.endpoint
@@ -194,18 +303,20 @@ impl ReadyEndpoint {
         &self.shared.signals
     }
 
-    /// Whether a request may be sent on it now: its connection is still
-    /// open (the snapshot may be a moment old).
+    /// Whether a request may be sent on it now: READY, not excluded, and
+    /// its connection still open (the snapshot may be a moment old).
     #[inline]
     pub(crate) fn pickable(&self) -> bool {
-        !self.sender.is_closed()
+        !self.excluded && self.sender.as_ref().is_some_and(|s| !s.is_closed())
     }
 }
 
-impl fmt::Debug for ReadyEndpoint {
+impl fmt::Debug for Candidate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ReadyEndpoint")
+        f.debug_struct("Candidate")
             .field("endpoint", self.endpoint())
+            .field("state", &self.state)
+            .field("excluded", &self.excluded)
             .field("outstanding", &self.signals().outstanding())
             .finish()
     }
@@ -225,7 +336,7 @@ impl fmt::Debug for ReadyEndpoint {
 pub struct RoundRobin;
 
 impl Policy for RoundRobin {
-    fn build(&self, _ready: &[ReadyEndpoint]) -> Box<dyn Picker> {
+    fn build(&self, _ready: &[Candidate]) -> Box<dyn Picker> {
         Box::new(RoundRobinPicker {
             next: AtomicUsize::new(fastrand::usize(..)),
         })
@@ -242,7 +353,7 @@ struct RoundRobinPicker {
 
 impl Picker for RoundRobinPicker {
     #[inline]
-    fn pick(&self, _request: &PickRequest<'_>, ready: &[ReadyEndpoint]) -> Option<usize> {
+    fn pick(&self, _request: &PickRequest<'_>, ready: &[Candidate]) -> Option<usize> {
         match ready.len() {
             0 => None,
             n => Some(self.next.fetch_add(1, Ordering::Relaxed) % n),
@@ -254,7 +365,7 @@ impl Picker for RoundRobinPicker {
 pub(crate) struct NoEndpoint;
 
 impl Picker for NoEndpoint {
-    fn pick(&self, _request: &PickRequest<'_>, _ready: &[ReadyEndpoint]) -> Option<usize> {
+    fn pick(&self, _request: &PickRequest<'_>, _ready: &[Candidate]) -> Option<usize> {
         None
     }
 }

@@ -1,18 +1,35 @@
 //! Ring hash: consistent hashing of a request key onto a ring of virtual
 //! nodes.
 
-use crate::{PickRequest, Picker, Policy, ReadyEndpoint};
+use http::HeaderName;
+
+use crate::{Candidate, PickRequest, Picker, Policy, policy::Scope};
 
 /// Consistent hashing (gRFC A42, Envoy's `RING_HASH`): a request carrying a
-/// [`HashKey`] goes to the endpoint that owns the key's point on a ring of
-/// virtual nodes, so every client process with the same endpoints sends a
-/// key to the same instance, and a change of the set moves only the keys of
-/// the endpoints that came or went. A request without a key goes to a random
-/// endpoint.
+/// [`HashKey`] (or, with [`hash_header`](Self::hash_header), the named
+/// request header, gRFC A76) goes to the endpoint that owns the key's point
+/// on a ring of virtual nodes, so every client process with the same
+/// endpoints sends a key to the same instance, and a change of the set moves
+/// only the keys of the endpoints that came or went. A request without a key
+/// goes to a random READY endpoint.
+///
+/// **The ring spans every known endpoint, whatever its state** (a policy of
+/// [`Scope::All`]): a key's owner does not depend on which connections
+/// happen to be up, so a fresh client's first call for a key reaches the
+/// same instance as every later one. A pick, as A42 says:
+/// - the owner is READY: it gets the request;
+/// - the owner is IDLE or CONNECTING: the request waits for it (bounded by
+///   its deadline and [`Builder::sticky_wait`](crate::Builder::sticky_wait),
+///   5 s by default; then it goes on as for a failed owner);
+/// - the owner is in TRANSIENT_FAILURE, or READY but excluded (suspected
+///   frozen, ejected, not serving): the request goes to the next endpoint
+///   clockwise that is READY, and the key comes back when its owner recovers;
+/// - no endpoint READY or connecting: the request waits for one, or fails
+///   fast if so configured, as under every policy.
 ///
 /// **The ring, exactly** (so that any implementation can reproduce it):
 /// - The hash is XXH64 with seed 0 (the one grpc-go's `ring_hash` uses).
-/// - Each READY endpoint is named by its instance id, or its address
+/// - Each endpoint is named by its instance id, or its address
 ///   (`host:port`) when it has none; it gets `v` virtual nodes at
 ///   `XXH64("<name>_<i>")` for `i` in `0..v`.
 /// - `v` is the same for every endpoint: with `n` endpoints and
@@ -23,23 +40,29 @@ use crate::{PickRequest, Picker, Policy, ReadyEndpoint};
 ///   only to it, and removing it gives them back exactly.
 /// - Nodes are sorted by hash (ties: by name, then address); a key's point is
 ///   `XXH64(key)`, and its endpoint the first node at or after the point,
-///   wrapping around. An endpoint that is not READY has no nodes, so its
-///   keys go to the next READY endpoint on the ring, and come back when it
-///   returns.
+///   wrapping around.
 ///
-/// The ring is built in the balancer's owner task each time the READY set
-/// changes, never on the request path; a pick looks the key's top bits up in
-/// a table of bucket starts and searches only its bucket (about one node).
+/// The ring is built in the balancer's owner task each time endpoints are
+/// added or removed, never on the request path (a change of state rebuilds
+/// nothing); a pick looks the key's top bits up in a table of bucket starts
+/// and searches only its bucket (about one node).
 ///
 /// ```
 /// use balancer::{HashKeyExt, RingHash};
 ///
 /// let builder = balancer::Balancer::builder().policy(RingHash::new().min_ring_size(4096));
 /// let request = tonic::Request::new(()).hash_key("player-42");
+///
+/// // Or key by a request header that the callers send anyway:
+/// let by_header = RingHash::new().hash_header("x-player-id")?;
+/// let mut request = tonic::Request::new(());
+/// request.metadata_mut().insert("x-player-id", "player-42".parse()?);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RingHash {
     min_ring_size: usize,
+    hash_header: Option<HeaderName>,
 }
 
 /// The largest ring, in nodes (A42's upper bound on `max_ring_size`).
@@ -50,7 +73,27 @@ impl RingHash {
     pub fn new() -> Self {
         Self {
             min_ring_size: 1024,
+            hash_header: None,
         }
+    }
+
+    /// Also take the key from the request header `name` (gRFC A76's
+    /// `request_hash_header`, e.g. `x-player-id`): a request with no
+    /// [`HashKey`] extension is routed by `XXH64` of that header's value
+    /// (several values: joined with `,`), so it goes where
+    /// `HashKey::new(value)` goes. A [`HashKey`] extension wins over the
+    /// header; a request with neither goes to a random READY endpoint.
+    ///
+    /// # Errors
+    /// `name` is not a valid header name (or is a pseudo-header).
+    pub fn hash_header(mut self, name: &str) -> Result<Self, http::header::InvalidHeaderName> {
+        self.hash_header = Some(HeaderName::from_bytes(name.as_bytes())?);
+        Ok(self)
+    }
+
+    /// The header keys are taken from, if any.
+    pub fn header(&self) -> Option<&HeaderName> {
+        self.hash_header.as_ref()
     }
 
     /// The fewest nodes on the ring (1 to 8 388 608). More nodes spread keys
@@ -79,7 +122,11 @@ impl Default for RingHash {
 }
 
 impl Policy for RingHash {
-    fn build(&self, ready: &[ReadyEndpoint]) -> Box<dyn Picker> {
+    fn scope(&self) -> Scope {
+        Scope::All
+    }
+
+    fn build(&self, ready: &[Candidate]) -> Box<dyn Picker> {
         let per_endpoint = self.nodes_per_endpoint(ready.len());
         let names: Vec<&str> = ready
             .iter()
@@ -105,7 +152,9 @@ impl Policy for RingHash {
                     .then_with(|| x.endpoint().addr().cmp(y.endpoint().addr()))
             })
         });
-        Box::new(RingPicker::new(nodes))
+        let mut picker = RingPicker::new(nodes);
+        picker.header = self.hash_header.clone();
+        Box::new(picker)
     }
 
     fn name(&self) -> &str {
@@ -129,6 +178,8 @@ struct RingPicker {
     /// bucket of about one node instead of the whole ring.
     starts: Vec<u32>,
     shift: u32,
+    /// The request header keys come from when there is no `HashKey`.
+    header: Option<HeaderName>,
 }
 
 /// Most bucket bits: a table of at most 65 537 entries (256 KiB).
@@ -155,6 +206,28 @@ impl RingPicker {
             owners,
             starts,
             shift,
+            header: None,
+        }
+    }
+
+    /// The key's hash: the `HashKey` extension's, else the header's.
+    fn key(&self, request: &PickRequest<'_>) -> Option<u64> {
+        if let Some(key) = request.extensions().get::<HashKey>() {
+            return Some(key.0);
+        }
+        let name = self.header.as_ref()?;
+        let mut values = request.headers().get_all(name).iter();
+        let first = values.next()?;
+        match values.next() {
+            None => Some(xxh64(first.as_bytes(), 0)),
+            Some(second) => {
+                let mut joined = first.as_bytes().to_vec();
+                for value in std::iter::once(second).chain(values) {
+                    joined.push(b',');
+                    joined.extend_from_slice(value.as_bytes());
+                }
+                Some(xxh64(&joined, 0))
+            }
         }
     }
 
@@ -170,17 +243,60 @@ impl RingPicker {
 }
 
 impl Picker for RingPicker {
-    fn pick(&self, request: &PickRequest<'_>, ready: &[ReadyEndpoint]) -> Option<usize> {
-        if ready.is_empty() {
+    fn pick(&self, request: &PickRequest<'_>, known: &[Candidate]) -> Option<usize> {
+        if known.is_empty() || self.hashes.is_empty() {
             return None;
         }
-        let Some(key) = request.extensions().get::<HashKey>() else {
-            return Some(fastrand::usize(..ready.len()));
+        let Some(point) = self.key(request) else {
+            return random_ready(known);
         };
-        let node = self.node_at(key.0);
-        let owner = self.owners.get(node).or(self.owners.first())?;
-        Some(*owner as usize)
+        let start = self.node_at(point) % self.hashes.len();
+        let owner = self.owners[start] as usize;
+        let candidate = known.get(owner)?;
+        if candidate.is_ready() {
+            return Some(owner);
+        }
+        let may_wait = !request.connecting_wait_over();
+        if candidate.is_connecting() && may_wait {
+            return Some(owner);
+        }
+        // The owner failed (or is excluded, or kept us waiting too long):
+        // the next READY endpoint clockwise. Failing that, one connecting.
+        let mut connecting = None;
+        let nodes = self.owners.len();
+        for k in 1..nodes {
+            let next = self.owners[(start + k) % nodes] as usize;
+            if next == owner {
+                continue;
+            }
+            let candidate = &known[next];
+            if candidate.is_ready() {
+                return Some(next);
+            }
+            if connecting.is_none() && may_wait && candidate.is_connecting() {
+                connecting = Some(next);
+            }
+        }
+        connecting
     }
+}
+
+/// A READY candidate chosen at random (a request with no key), else one
+/// connecting, else none.
+fn random_ready(known: &[Candidate]) -> Option<usize> {
+    let n = known.len();
+    let start = fastrand::usize(..n);
+    let mut connecting = None;
+    for k in 0..n {
+        let i = (start + k) % n;
+        if known[i].is_ready() {
+            return Some(i);
+        }
+        if connecting.is_none() && known[i].is_connecting() {
+            connecting = Some(i);
+        }
+    }
+    connecting
 }
 
 /// The key a [`RingHash`] balancer hashes, as a request extension; holds

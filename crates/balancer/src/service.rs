@@ -27,7 +27,7 @@ use crate::{
     body::Call,
     config::Config,
     metrics::Metrics,
-    policy::{PickRequest, PolicyHandle, ReadyEndpoint},
+    policy::{Candidate, PickRequest, PolicyHandle},
     replay::{self, Prepared, SendBody},
     set::{Owner, Slot, Snapshot},
     state::{EndpointShared, EndpointStatus, Outcome, Stats},
@@ -242,7 +242,7 @@ impl Balancer {
 
     /// The READY endpoints as policies see them now, with their live
     /// [`Signals`](crate::Signals) (outstanding requests, latency, failures).
-    pub fn ready_endpoints(&self) -> Vec<ReadyEndpoint> {
+    pub fn ready_endpoints(&self) -> Vec<Candidate> {
         self.handle.shared.snapshot.load().ready.clone()
     }
 
@@ -286,9 +286,11 @@ impl Balancer {
     }
 
     /// Picks an endpoint the way a request with no headers or extensions
-    /// would (advancing the round robin), without sending anything, and
-    /// returns `f` of it; `None` when no endpoint is READY. Nothing is
-    /// cloned unless `f` does. For benchmarks and diagnostics.
+    /// would (advancing the round robin), without sending anything or
+    /// waiting (a sticky instance or a ring-hash owner that is connecting
+    /// is passed over, as for a request whose wait is over), and returns `f`
+    /// of it; `None` when no endpoint is READY. Nothing is cloned unless `f`
+    /// does. For benchmarks and diagnostics.
     pub fn pick_with<R>(
         &self,
         sticky: Option<&Sticky>,
@@ -296,7 +298,8 @@ impl Balancer {
     ) -> Option<R> {
         let shared = &self.handle.shared;
         let snapshot = shared.snapshot.load();
-        match shared.try_pick(&snapshot, &PickRequest::none(), sticky, true) {
+        let request = PickRequest::none().with_connecting_wait_over(true);
+        match shared.try_pick(&snapshot, &request, sticky, true) {
             Picked::Ready(ep) => Some(f(&ep.shared.endpoint)),
             _ => None,
         }
@@ -321,7 +324,8 @@ impl Balancer {
         let shared = &self.handle.shared;
         let snapshot = shared.snapshot.load();
         let sticky = request.extensions.get::<Sticky>();
-        match shared.try_pick(&snapshot, &PickRequest::new(request), sticky, true) {
+        let request = PickRequest::new(request).with_connecting_wait_over(true);
+        match shared.try_pick(&snapshot, &request, sticky, true) {
             Picked::Ready(ep) => Some(f(&ep.shared.endpoint)),
             _ => None,
         }
@@ -385,7 +389,7 @@ impl fmt::Debug for ResponseFuture {
 /// The outcome of one pick attempt on a snapshot; borrows from it, so a
 /// pick clones nothing until the caller decides to.
 pub(crate) enum Picked<'a> {
-    Ready(&'a ReadyEndpoint),
+    Ready(&'a Candidate),
     Wait(Waiting),
     Fail(Status),
 }
@@ -395,6 +399,9 @@ pub(crate) enum Picked<'a> {
 pub(crate) enum Waiting {
     NoReady,
     StickyConnecting,
+    /// The policy chose an endpoint that is connecting (ring hash: the
+    /// key's owner).
+    PolicyConnecting,
 }
 
 impl Shared {
@@ -417,7 +424,14 @@ impl Shared {
             endpoint.shared.metrics.picks.increment(1);
             let mut request = resend(&head, attempt);
             set_origin(&mut request, self.scheme(), &endpoint.shared.authority)?;
-            let ReadyEndpoint { shared, mut sender } = endpoint;
+            let Candidate {
+                shared,
+                sender: Some(mut sender),
+                ..
+            } = endpoint
+            else {
+                return Err(Status::internal("picked an endpoint with no connection").into());
+            };
             let mut call = Call::start(shared.clone());
             let mut error = match sender.try_send_request(request).await {
                 Ok(response) => {
@@ -479,7 +493,7 @@ impl Shared {
         request: &PickRequest<'_>,
         sticky: Option<&Sticky>,
         deadline: Option<Duration>,
-    ) -> Result<ReadyEndpoint, Status> {
+    ) -> Result<Candidate, Status> {
         // Fast path: one snapshot load, the picker (one atomic add for round
         // robin), no allocation.
         let fast = match self.try_pick(&self.snapshot.load(), request, sticky, false) {
@@ -499,7 +513,7 @@ impl Shared {
         request: &PickRequest<'_>,
         sticky: Option<&Sticky>,
         deadline: Option<Duration>,
-    ) -> Result<ReadyEndpoint, Status> {
+    ) -> Result<Candidate, Status> {
         let started = Instant::now();
         // Subscribe before looking, so no change is missed in between.
         let mut changes = self.changed.subscribe();
@@ -508,8 +522,9 @@ impl Shared {
         let sticky_until = started + self.config.sticky_wait;
         loop {
             let sticky_expired = Instant::now() >= sticky_until;
+            let request = request.with_connecting_wait_over(sticky_expired);
             let waiting =
-                match self.try_pick(&self.snapshot.load(), request, sticky, sticky_expired) {
+                match self.try_pick(&self.snapshot.load(), &request, sticky, sticky_expired) {
                     Picked::Ready(endpoint) => return Ok(endpoint.clone()),
                     Picked::Fail(status) => return Err(status),
                     Picked::Wait(waiting) => waiting,
@@ -518,7 +533,11 @@ impl Shared {
                 return Err(Status::unavailable(self.describe(waiting, sticky, None)));
             }
             let mut wake = earliest(deadline_at, limit_at);
-            if waiting == Waiting::StickyConnecting {
+            if matches!(
+                waiting,
+                Waiting::StickyConnecting | Waiting::PolicyConnecting
+            ) && !sticky_expired
+            {
                 wake = earliest(wake, Some(sticky_until));
             }
             tokio::select! {
@@ -585,24 +604,25 @@ impl Shared {
                     )));
                 }
                 Fallback::RoundRobin => {
-                    if let Some(endpoint) = policy_pick(snapshot, request) {
-                        self.sticky_fallbacks.fetch_add(1, Ordering::Relaxed);
-                        self.metrics.sticky_fallbacks.increment(1);
-                        tracing::debug!(
-                            instance = sticky.id(),
-                            endpoint = %endpoint.shared.endpoint,
-                            policy = self.config.policy.0.name(),
-                            "sticky instance unavailable; fell back to the policy"
-                        );
-                        return Picked::Ready(endpoint);
-                    }
-                    return Picked::Wait(Waiting::NoReady);
+                    let endpoint = match policy_pick(snapshot, request) {
+                        Ok(endpoint) => endpoint,
+                        Err(waiting) => return Picked::Wait(waiting),
+                    };
+                    self.sticky_fallbacks.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.sticky_fallbacks.increment(1);
+                    tracing::debug!(
+                        instance = sticky.id(),
+                        endpoint = %endpoint.shared.endpoint,
+                        policy = self.config.policy.0.name(),
+                        "sticky instance unavailable; fell back to the policy"
+                    );
+                    return Picked::Ready(endpoint);
                 }
             }
         }
         match policy_pick(snapshot, request) {
-            Some(endpoint) => Picked::Ready(endpoint),
-            None => Picked::Wait(Waiting::NoReady),
+            Ok(endpoint) => Picked::Ready(endpoint),
+            Err(waiting) => Picked::Wait(waiting),
         }
     }
 
@@ -622,6 +642,10 @@ impl Shared {
                 "sticky instance {:?} of {name} still connecting{after}",
                 sticky.id()
             ),
+            (Waiting::PolicyConnecting, _) => format!(
+                "the endpoint of {name} that {} chose for this request is still connecting{after}",
+                self.config.policy.0.name()
+            ),
             _ if !snapshot.discovered => format!("no endpoint discovered for {name}{after}"),
             _ => {
                 let excluded = match snapshot.excluded {
@@ -639,22 +663,35 @@ impl Shared {
     }
 }
 
-/// The policy's pick in `snapshot`.
+/// The policy's pick in `snapshot`, or why the request must wait.
 #[inline]
-fn policy_pick<'a>(snapshot: &'a Snapshot, request: &PickRequest<'_>) -> Option<&'a ReadyEndpoint> {
-    let ready = &snapshot.ready;
-    let i = snapshot.picker.pick(request, ready)?;
-    if let Some(endpoint) = ready.get(i)
-        && endpoint.pickable()
-    {
-        return Some(endpoint);
+fn policy_pick<'a>(
+    snapshot: &'a Snapshot,
+    request: &PickRequest<'_>,
+) -> Result<&'a Candidate, Waiting> {
+    let candidates = snapshot.candidates();
+    let i = snapshot
+        .picker
+        .pick(request, candidates)
+        .ok_or(Waiting::NoReady)?;
+    let n = candidates.len();
+    if n == 0 {
+        return Err(Waiting::NoReady);
+    }
+    let chosen = &candidates[i % n];
+    if chosen.pickable() {
+        return Ok(chosen);
+    }
+    if chosen.is_connecting() {
+        return Err(Waiting::PolicyConnecting);
     }
     // A closed connection may still be in the snapshot for a moment after it
-    // died: take the next one rather than fail the request.
-    let n = ready.len();
+    // died (or, under `Scope::All`, the policy chose one in transient
+    // failure): take the next one rather than fail the request.
     (1..=n)
-        .map(|k| &ready[i.wrapping_add(k) % n])
+        .map(|k| &candidates[(i % n).wrapping_add(k) % n])
         .find(|endpoint| endpoint.pickable())
+        .ok_or(Waiting::NoReady)
 }
 
 /// The response as the caller gets it: its body keeps the call counted

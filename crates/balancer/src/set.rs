@@ -20,7 +20,7 @@ use tokio::{
 
 use crate::{
     connection::{self, Sender, StateEvent},
-    policy::{NoEndpoint, Picker, ReadyEndpoint},
+    policy::{Candidate, NoEndpoint, Picker, Scope},
     service::Shared,
     state::{ConnectivityState, EndpointShared, Exclusion},
 };
@@ -29,8 +29,13 @@ use crate::{
 pub(crate) struct Snapshot {
     /// READY endpoints, in no particular order: what the policy picks from
     /// (an endpoint left out here is invisible to every policy).
-    pub(crate) ready: Vec<ReadyEndpoint>,
-    /// The policy's picker over `ready`.
+    pub(crate) ready: Vec<Candidate>,
+    /// Under [`Scope::All`]: every known endpoint with its state, sorted by
+    /// key (empty under [`Scope::Ready`], where the picker sees `ready`).
+    pub(crate) known: Vec<Candidate>,
+    /// Whether the picker sees `known` rather than `ready`.
+    pub(crate) all_scope: bool,
+    /// The policy's picker over [`candidates`](Self::candidates).
     pub(crate) picker: Arc<dyn Picker>,
     /// Instance id → best state among the endpoints carrying it.
     pub(crate) instances: HashMap<Arc<str>, Slot>,
@@ -48,6 +53,8 @@ impl Default for Snapshot {
     fn default() -> Self {
         Self {
             ready: Vec::new(),
+            known: Vec::new(),
+            all_scope: false,
             picker: Arc::new(NoEndpoint),
             instances: HashMap::new(),
             all: Vec::new(),
@@ -55,6 +62,18 @@ impl Default for Snapshot {
             failed: 0,
             excluded: 0,
             discovered: false,
+        }
+    }
+}
+
+impl Snapshot {
+    /// What the picker picks among.
+    #[inline]
+    pub(crate) fn candidates(&self) -> &[Candidate] {
+        if self.all_scope {
+            &self.known
+        } else {
+            &self.ready
         }
     }
 }
@@ -529,18 +548,28 @@ impl Owner {
     fn publish(&mut self) {
         self.dirty = false;
         self.last_publish = Instant::now();
+        let all_scope = self.shared.config.policy.0.scope() == Scope::All;
         let mut snapshot = Snapshot {
             discovered: self.discovered,
+            all_scope,
             ..Snapshot::default()
         };
         for managed in self.endpoints.values() {
             snapshot.all.push(managed.shared.clone());
+            if all_scope {
+                let ready = managed.state == ConnectivityState::Ready;
+                snapshot.known.push(Candidate {
+                    shared: managed.shared.clone(),
+                    sender: managed.sender.clone().filter(|_| ready),
+                    state: managed.state,
+                    excluded: ready && !managed.exclusions().is_empty(),
+                });
+            }
             let slot = match (managed.state, &managed.sender) {
                 (ConnectivityState::Ready, Some(sender)) if managed.exclusions().is_empty() => {
-                    snapshot.ready.push(ReadyEndpoint {
-                        shared: managed.shared.clone(),
-                        sender: sender.clone(),
-                    });
+                    snapshot
+                        .ready
+                        .push(Candidate::ready(managed.shared.clone(), sender.clone()));
                     Slot::Ready(snapshot.ready.len() - 1)
                 }
                 (ConnectivityState::TransientFailure, _) => {
@@ -579,15 +608,21 @@ impl Owner {
                     .or_insert(slot);
             }
         }
-        snapshot.picker = self.picker_for(&snapshot.ready);
+        // Sorted by key, so the picker's indexes mean the same endpoints
+        // for as long as the set is the same, whatever their states.
+        snapshot
+            .known
+            .sort_by(|a, b| a.shared.key.cmp(&b.shared.key));
+        snapshot.picker = self.picker_for(snapshot.candidates());
         self.shared.snapshot.store(Arc::new(snapshot));
         self.shared.changed.send_modify(|version| *version += 1);
     }
 
     /// The policy's picker over `ready`: the current one if the endpoints
     /// are the same ones in the same order (a reconnect changes only a
-    /// sender), else a new one.
-    fn picker_for(&mut self, ready: &[ReadyEndpoint]) -> Arc<dyn Picker> {
+    /// sender; under `Scope::All` a change of state changes nothing), else
+    /// a new one.
+    fn picker_for(&mut self, ready: &[Candidate]) -> Arc<dyn Picker> {
         let same = self.picked_from.len() == ready.len()
             && self
                 .picked_from

@@ -17,7 +17,7 @@ const FAILURE_ONE: u32 = 1 << 20;
 
 /// What the balancer measures of one endpoint's calls, updated on the
 /// request path with atomics only. Read it from a [`Picker`](crate::Picker)
-/// through [`ReadyEndpoint::signals`](crate::ReadyEndpoint::signals).
+/// through [`Candidate::signals`](crate::Candidate::signals).
 ///
 /// The averages are updated without a lock: two calls ending at the same
 /// instant may lose one sample, which an average of the last few calls

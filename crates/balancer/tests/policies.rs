@@ -11,8 +11,8 @@ use std::{
 };
 
 use balancer::{
-    BackoffConfig, Balancer, Change, Endpoint, HashKey, HashKeyExt, LeastRequest, PickRequest,
-    Picker, Policy, ReadyEndpoint, RingHash, RoundRobin, ServedBy, ServedByExt, StickyExt,
+    BackoffConfig, Balancer, Candidate, Change, Endpoint, HashKey, HashKeyExt, LeastRequest,
+    PickRequest, Picker, Policy, RingHash, RoundRobin, ServedBy, ServedByExt, StickyExt,
 };
 use echo_proto::{EchoRequest, echo_client::EchoClient};
 use support::{TestServer, discovery, from, hi};
@@ -29,7 +29,7 @@ struct SameZonePicker {
 }
 
 impl Policy for SameZone {
-    fn build(&self, ready: &[ReadyEndpoint]) -> Box<dyn Picker> {
+    fn build(&self, ready: &[Candidate]) -> Box<dyn Picker> {
         let local = (0..ready.len())
             .filter(|&i| ready[i].endpoint().metadata()["zone"] == self.0.as_str())
             .collect();
@@ -41,7 +41,7 @@ impl Policy for SameZone {
 }
 
 impl Picker for SameZonePicker {
-    fn pick(&self, _: &PickRequest<'_>, ready: &[ReadyEndpoint]) -> Option<usize> {
+    fn pick(&self, _: &PickRequest<'_>, ready: &[Candidate]) -> Option<usize> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         match self.local.len() {
             0 if ready.is_empty() => None,
@@ -469,4 +469,147 @@ async fn a_key_whose_instance_is_down_goes_to_the_next_and_comes_back() {
     let _back = TestServer::start_on(addr, "d");
     balancer.wait_for_ready(4).await;
     assert_eq!(mapping(&balancer), all_up, "d's keys come back");
+}
+
+/// The instance `balancer` picks for `key` now (nothing sent).
+fn owner_of(balancer: &Balancer, key: &str) -> String {
+    let (mut head, ()) = http::Request::new(()).into_parts();
+    head.extensions.insert(HashKey::new(key));
+    balancer
+        .pick_for(&head, |e| e.instance_id().unwrap_or("?").to_string())
+        .expect("a pick")
+}
+
+/// Calls once with each of `keys`, all at once, and returns who answered.
+async fn first_calls(balancer: Balancer, keys: &[String]) -> Vec<String> {
+    let calls = keys.iter().map(|key| {
+        let mut client = EchoClient::new(balancer.clone());
+        let request = tonic::Request::new(hi()).hash_key(key);
+        async move {
+            let reply = client.unary_echo(request).await.expect("call");
+            from(&reply.into_inner().message)
+        }
+    });
+    futures::future::join_all(calls).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_clients_first_call_for_a_key_reaches_the_keys_owner() {
+    let servers: Vec<TestServer> = (1..=4).map(|i| TestServer::start(&i.to_string())).collect();
+    let changes =
+        || futures::stream::iter(servers.iter().map(TestServer::insert).collect::<Vec<_>>());
+    let keys: Vec<String> = (1..=20).map(|k| format!("player-{k}")).collect();
+    let connected = ring_balancer(changes(), 4).await;
+    let owners: Vec<String> = keys.iter().map(|k| owner_of(&connected, k)).collect();
+    let mut by_owner: HashMap<&str, usize> = HashMap::new();
+    for owner in &owners {
+        *by_owner.entry(owner.as_str()).or_default() += 1;
+    }
+    assert!(
+        by_owner.len() >= 3,
+        "the keys spread over the servers: {by_owner:?}"
+    );
+
+    // Fresh clients call at once, while their connections are still coming
+    // up in whatever order: each key's first call still reaches its owner.
+    let mut wrong = Vec::new();
+    for client in 0..20 {
+        let fresh = Balancer::builder()
+            .backoff(fast_backoff())
+            .policy(RingHash::new())
+            .build(changes());
+        let answered = first_calls(fresh, &keys).await;
+        for ((key, owner), got) in keys.iter().zip(&owners).zip(&answered) {
+            if owner != got {
+                wrong.push(format!(
+                    "client {client}: {key} owned by {owner}, answered by {got}"
+                ));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of 400 first calls missed: {wrong:#?}",
+        wrong.len()
+    );
+}
+
+#[tokio::test]
+async fn a_key_whose_owner_is_still_connecting_waits_for_it() {
+    let up = TestServer::start("up");
+    // Bound but not serving: a client's connection stays CONNECTING.
+    let (late_addr, late_listener) = TestServer::bind_deferred();
+    let late_endpoint = Endpoint::new(&late_addr.to_string())
+        .expect("endpoint")
+        .with_instance_id("late");
+    let changes = vec![up.insert(), Change::Insert("late".into(), late_endpoint)];
+    let balancer = Balancer::builder()
+        .backoff(fast_backoff())
+        .policy(RingHash::new())
+        .build(futures::stream::iter(changes));
+    balancer.wait_for_ready(1).await;
+    // A key of the late one's: its call waits (the other is READY) ...
+    let key = (0..)
+        .map(|i| format!("k{i}"))
+        .find(|k| documented_owner(&["up", "late"], k) == "late")
+        .expect("a key of late's");
+    let mut client = EchoClient::new(balancer.clone());
+    let call = tokio::spawn(async move {
+        let reply = client
+            .unary_echo(tonic::Request::new(hi()).hash_key(key))
+            .await
+            .expect("call");
+        from(&reply.into_inner().message)
+    });
+    tokio::task::yield_now().await;
+    assert!(!call.is_finished(), "it must not go to the READY one");
+    // ... and lands on it once it serves.
+    let _late = TestServer::serve(late_listener, "late");
+    assert_eq!(call.await.expect("task"), "late");
+}
+
+/// `key`'s owner among `names` on the documented ring.
+fn documented_owner(names: &[&str], key: &str) -> String {
+    let per = RingHash::new().nodes_per_endpoint(names.len());
+    let mut ring: Vec<(u64, &str)> = names
+        .iter()
+        .flat_map(|name| (0..per).map(move |i| (HashKey::new(format!("{name}_{i}")).hash(), *name)))
+        .collect();
+    ring.sort();
+    let point = HashKey::new(key).hash();
+    ring[ring.partition_point(|&(h, _)| h < point) % ring.len()]
+        .1
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_header_keyed_request_goes_where_the_same_hash_key_goes() {
+    let servers: Vec<TestServer> = (1..=4).map(|i| TestServer::start(&i.to_string())).collect();
+    let changes: Vec<Change> = servers.iter().map(TestServer::insert).collect();
+    let policy = RingHash::new()
+        .hash_header("x-player-id")
+        .expect("header name");
+    let balancer = Balancer::builder()
+        .backoff(fast_backoff())
+        .policy(policy)
+        .build(futures::stream::iter(changes));
+    balancer.wait_for_ready(4).await;
+    let mut client = EchoClient::new(balancer.clone());
+    let mut owners = std::collections::HashSet::new();
+    for k in 0..24 {
+        let key = format!("player-{k}");
+        let owner = owner_of(&balancer, &key);
+        owners.insert(owner.clone());
+        let mut by_header = tonic::Request::new(hi());
+        by_header
+            .metadata_mut()
+            .insert("x-player-id", key.parse().expect("value"));
+        let reply = client.unary_echo(by_header).await.expect("call");
+        assert_eq!(from(&reply.into_inner().message), owner, "{key}");
+        let by_key = tonic::Request::new(hi()).hash_key(&key);
+        let reply = client.unary_echo(by_key).await.expect("call");
+        assert_eq!(from(&reply.into_inner().message), owner, "{key}");
+    }
+    assert!(owners.len() >= 3, "{owners:?}");
+    assert!(RingHash::new().hash_header("bad header").is_err());
 }

@@ -90,6 +90,11 @@ pub struct Args {
     /// --lb ring-hash, refused otherwise).
     #[arg(long, value_name = "KEY", value_parser = non_empty, required_if_eq("lb", "ring-hash"))]
     pub hash_key: Option<String>,
+    /// Send --hash-key as this request header (e.g. x-player-id) and let
+    /// ring-hash hash the header (gRFC A76's request_hash_header) instead
+    /// of a request extension; the instance is the same.
+    #[arg(long, value_name = "NAME", value_parser = header_name, requires = "hash_key")]
+    pub hash_header: Option<String>,
     /// Load mode: this many calls in flight at all times (closed loop).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..10_000), requires = "duration")]
     pub concurrency: Option<u64>,
@@ -207,6 +212,7 @@ impl Args {
             fallback: self.fallback.into(),
             lb: self.lb.into(),
             hash_key: self.hash_key.clone(),
+            hash_header: self.hash_header.clone(),
             etcd_ca: self.etcd_ca.clone(),
             etcd_client_cert: self.etcd_cert.clone().zip(self.etcd_key.clone()),
             etcd_auth: self
@@ -265,6 +271,19 @@ pub fn tls_domain(s: &str) -> Result<String, String> {
     ServerName::try_from(s)
         .map(|_| s.to_owned())
         .map_err(|_| "expected a DNS name or an IP address, such as echo.internal".into())
+}
+
+/// A request header name ring hash can read: lower-case, no pseudo-header.
+fn header_name(value: &str) -> Result<String, String> {
+    match http::HeaderName::from_bytes(value.as_bytes()) {
+        Ok(name) if !name.as_str().starts_with("grpc-") => Ok(name.as_str().to_owned()),
+        Ok(_) => Err(format!(
+            "{value:?} is reserved by gRPC (grpc-*): choose e.g. x-player-id"
+        )),
+        Err(_) => Err(format!(
+            "{value:?} is not a valid header name (e.g. x-player-id)"
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -345,6 +364,43 @@ mod tests {
             .config();
         assert_eq!(config.lb, Lb::RingHash);
         assert_eq!(config.hash_key.as_deref(), Some("p1"));
+        let config = parse_pw(
+            &[
+                "--lb",
+                "ring-hash",
+                "--hash-key",
+                "p1",
+                "--hash-header",
+                "X-Player-Id",
+            ],
+            None,
+        )
+        .expect("header")
+        .config();
+        assert_eq!(config.hash_header.as_deref(), Some("x-player-id"));
+        for (bad, says) in [
+            ("bad header", "is not a valid header name"),
+            ("grpc-timeout", "is reserved by gRPC"),
+        ] {
+            let err = parse_pw(
+                &[
+                    "--lb",
+                    "ring-hash",
+                    "--hash-key",
+                    "p1",
+                    "--hash-header",
+                    bad,
+                ],
+                None,
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(says), "{err}");
+        }
+        let err = parse_pw(&["--lb", "ring-hash", "--hash-header", "x-p"], None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--hash-key"), "{err}");
 
         let err = parse_pw(&["--lb", "ring-hash"], None).unwrap_err();
         assert_eq!(

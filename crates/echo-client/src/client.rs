@@ -30,6 +30,7 @@ pub const WAIT_LOG_GRACE: Duration = Duration::from_millis(500);
 /// | `fallback` | round robin | `--fallback rr\|fail` |
 /// | `lb` | round robin | `--lb round-robin\|least-request\|ring-hash` |
 /// | `hash_key` | none | `--hash-key` (needed by ring-hash) |
+/// | `hash_header` | none (the key rides as a request extension) | `--hash-header NAME` |
 /// | `etcd_ca` | none (plain `http://`) | `--etcd-ca` |
 /// | `etcd_client_cert` | none | `--etcd-cert` and `--etcd-key` |
 /// | `etcd_auth` | none | `--etcd-user`, password from env `ETCD_PASSWORD` |
@@ -55,6 +56,10 @@ pub struct Config {
     /// The key every call carries for [`Lb::RingHash`] (other policies
     /// ignore it); with ring hash and no key, calls go to random instances.
     pub hash_key: Option<String>,
+    /// Send [`hash_key`](Self::hash_key) as this request header, and have
+    /// ring hash read the key from it (gRFC A76) instead of from a
+    /// [`HashKey`] extension: the same instance either way.
+    pub hash_header: Option<String>,
     /// etcd TLS: the PEM file of the CA that signed etcd's certificate;
     /// the endpoints must then be `https://`.
     pub etcd_ca: Option<PathBuf>,
@@ -88,6 +93,7 @@ impl Default for Config {
             fallback: Fallback::RoundRobin,
             lb: Lb::RoundRobin,
             hash_key: None,
+            hash_header: None,
             etcd_ca: None,
             etcd_client_cert: None,
             etcd_auth: None,
@@ -123,6 +129,15 @@ impl Lb {
 }
 
 impl Config {
+    /// The balancer policy: [`lb`](Self::lb)'s, ring hash reading
+    /// [`hash_header`](Self::hash_header) when set.
+    pub fn policy(&self) -> Result<Box<dyn Policy>, http::header::InvalidHeaderName> {
+        match (self.lb, &self.hash_header) {
+            (Lb::RingHash, Some(header)) => Ok(Box::new(RingHash::new().hash_header(header)?)),
+            (lb, _) => Ok(lb.policy()),
+        }
+    }
+
     /// The etcd key prefix, `discovery/<env>/<service>`.
     pub fn prefix(&self) -> String {
         format!("discovery/{}/{}", self.env, self.service)
@@ -153,6 +168,11 @@ pub struct Client {
     prefix: Arc<str>,
     id: Option<Arc<str>>,
     hash_key: Option<HashKey>,
+    /// The header carrying the key, and its value, instead of `hash_key`.
+    hash_header: Option<(
+        tonic::metadata::AsciiMetadataKey,
+        tonic::metadata::AsciiMetadataValue,
+    )>,
     call_timeout: Duration,
 }
 
@@ -176,6 +196,22 @@ impl Client {
     /// (see [`resolver::ResolverBuilder::connect`]).
     pub async fn connect(config: Config) -> Result<Self, Error> {
         let prefix = config.prefix();
+        let policy = config
+            .policy()
+            .map_err(|e| Error(format!("invalid --hash-header: {e}")))?;
+        let hash_key = config.hash_key.as_deref().map(HashKey::new);
+        let hash_header = match (&config.hash_header, &config.hash_key) {
+            (Some(name), Some(key)) => Some((
+                name.parse::<tonic::metadata::AsciiMetadataKey>()
+                    .map_err(|e| Error(format!("invalid --hash-header {name:?}: {e}")))?,
+                key.parse::<tonic::metadata::AsciiMetadataValue>().map_err(|e| {
+                    Error(format!(
+                        "--hash-key {key:?} cannot be sent as a header (printable ASCII only): {e}"
+                    ))
+                })?,
+            )),
+            _ => None,
+        };
         let mut resolver =
             Resolver::builder(prefix.as_str()).etcd_endpoints(config.etcd.iter().cloned());
         if let Some(ca) = &config.etcd_ca {
@@ -222,7 +258,7 @@ impl Client {
         let balancer = Balancer::builder()
             .name(prefix.as_str())
             .fallback(config.fallback)
-            .policy(config.lb.policy())
+            .policy(policy)
             .endpoint_config(endpoint_config)
             .build(resolution);
         Ok(Self {
@@ -230,7 +266,8 @@ impl Client {
             balancer,
             prefix: prefix.into(),
             id: config.id.map(Into::into),
-            hash_key: config.hash_key.as_deref().map(HashKey::new),
+            hash_key,
+            hash_header,
             call_timeout: config.call_timeout,
         })
     }
@@ -312,7 +349,9 @@ impl Client {
         if let Some(id) = &self.id {
             request = request.sticky(id.clone());
         }
-        if let Some(key) = self.hash_key {
+        if let Some((name, value)) = &self.hash_header {
+            request.metadata_mut().insert(name.clone(), value.clone());
+        } else if let Some(key) = self.hash_key {
             request.extensions_mut().insert(key);
         }
         let mut echo = self.echo.clone();

@@ -37,7 +37,7 @@
 //! ```text
 //! echo-client [--id <ID>] [--env dev] [--service game] [--etcd URL]...
 //!             [--message hi] [--interval 1s] [--count N] [--fallback rr|fail]
-//!             [--lb round-robin|least-request|ring-hash] [--hash-key KEY]
+//!             [--lb round-robin|least-request|ring-hash] [--hash-key KEY [--hash-header NAME]]
 //!             [--etcd-ca PEM [--etcd-cert PEM --etcd-key PEM]] [--etcd-user USER]
 //!             [--tls-ca PEM [--tls-domain NAME]]
 //! echo-client --concurrency C --duration D [same options]
@@ -55,6 +55,7 @@
 //! | `--fallback` | `rr` | sticky call to an unavailable instance: `rr` (where `--lb` picks) or `fail` |
 //! | `--lb` | `round-robin` | policy of the calls that are not sticky: `round-robin`, `least-request` (fewest outstanding of two random instances), `ring-hash` (consistent hash of `--hash-key`) |
 //! | `--hash-key` | none | the key `ring-hash` hashes to pick the instance; required with it, refused with other policies |
+//! | `--hash-header` | none | send `--hash-key` as this request header (e.g. `x-player-id`) and let ring hash read it there (gRFC A76): the same instance |
 //! | `--concurrency`, `--duration` | off | load mode (both required) |
 //! | `--etcd-ca` | none | PEM file of the CA that signed etcd's certificate; endpoints `https://` |
 //! | `--etcd-cert`, `--etcd-key` | none | client certificate and key PEM files (etcd `--client-cert-auth`); both, with `--etcd-ca` |

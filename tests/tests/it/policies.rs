@@ -71,9 +71,9 @@ fn every_policy_runs_the_load_mode_least_request_avoids_a_slow_server_ring_hash_
     );
 
     // One key, one instance: the one the documented ring names, computed
-    // here in another process. (The first calls may go out while only some
-    // instances are READY yet: at most 1 % elsewhere, so the key is one a
-    // fast instance owns, which answers thousands of calls.)
+    // here in another process; from the very first call (the ring spans
+    // every instance, READY or still connecting), and whether the key rides
+    // as a request extension or as a header (gRFC A76).
     let (key, owner) = (0..)
         .map(|i| format!("player-{i}"))
         .map(|key| {
@@ -82,10 +82,97 @@ fn every_policy_runs_the_load_mode_least_request_avoids_a_slow_server_ring_hash_
         })
         .find(|(_, owner)| owner != "3")
         .expect("a key of a fast instance");
-    let (summary, rh) = load(&env, &etcd, &["--lb", "ring-hash", "--hash-key", &key]);
-    let on_owner = rh.get(&owner).copied().unwrap_or(0);
-    assert!(
-        on_owner * 100 >= summary["ok"] * 99,
-        "ring hash of {key} should be instance {owner}: {rh:?}"
-    );
+    for header in [&[][..], &["--hash-header", "x-player-id"]] {
+        let mut flags = vec!["--lb", "ring-hash", "--hash-key", &key];
+        flags.extend_from_slice(header);
+        let (summary, rh) = load(&env, &etcd, &flags);
+        assert_eq!(
+            rh.get(&owner).copied(),
+            Some(summary["ok"]),
+            "ring hash of {key} ({header:?}) should be instance {owner}, every call: {rh:?}"
+        );
+    }
+}
+
+/// A ring-hash client of `env` in this process (resolver + balancer).
+async fn ring_client(
+    env: &str,
+    etcd: &[String],
+) -> echo_proto::echo_client::EchoClient<balancer::Balancer> {
+    let prefix = format!("discovery/{env}/game");
+    let changes = resolver::Resolver::connect(etcd, None, &prefix)
+        .await
+        .expect("resolver")
+        .resolve();
+    let balancer = balancer::Balancer::builder()
+        .name(prefix)
+        .policy(RingHash::new())
+        .build(changes);
+    echo_proto::echo_client::EchoClient::new(balancer)
+}
+
+/// Calls with `key` until `want` answers (a call that fails meanwhile, on a
+/// server just killed or frozen, is counted); panics after `PATIENCE`.
+async fn until_answered_by(
+    client: &mut echo_proto::echo_client::EchoClient<balancer::Balancer>,
+    key: &str,
+    want: &str,
+) -> u32 {
+    use balancer::HashKeyExt as _;
+    let mut failed = 0;
+    let give_up = std::time::Instant::now() + PATIENCE;
+    loop {
+        let request = tonic::Request::new(echo_proto::EchoRequest {
+            message: "hi".into(),
+        })
+        .hash_key(key);
+        match client.unary_echo(request).await {
+            Ok(reply) => {
+                let reply = reply.into_inner().message;
+                if integration_tests::process::from_id(&reply) == Some(want) {
+                    return failed;
+                }
+            }
+            Err(_) => failed += 1,
+        }
+        assert!(
+            std::time::Instant::now() < give_up,
+            "{key} never reached instance {want}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keys_owner_killed_or_frozen_hands_it_to_the_next_on_the_ring_and_gets_it_back() {
+    let etcd = etcd_endpoints();
+    let env = unique_env("rh-owner");
+    let ids = ["1", "2", "3", "4"];
+    let mut servers: Vec<_> = ids
+        .iter()
+        .map(|id| start_server(id, &env, &etcd, &[]).0)
+        .collect();
+    // A key of instance 1, and where it goes while 1 is out: the ring
+    // without 1's nodes.
+    let key = (0..)
+        .map(|i| format!("player-{i}"))
+        .find(|key| documented_owner(&ids, key) == "1")
+        .expect("a key of instance 1");
+    let next = documented_owner(&ids[1..], &key);
+    let mut client = ring_client(&env, &etcd).await;
+    assert_eq!(until_answered_by(&mut client, &key, "1").await, 0);
+
+    // SIGKILL: the next on the ring takes the key; a restart (new port,
+    // same id) gets it back.
+    servers[0].signal(libc::SIGKILL);
+    until_answered_by(&mut client, &key, &next).await;
+    let (restarted, _) = start_server("1", &env, &etcd, &[]);
+    servers[0] = restarted;
+    until_answered_by(&mut client, &key, "1").await;
+
+    // SIGSTOP: suspected frozen, so the next takes the key; SIGCONT and it
+    // is picked again.
+    servers[0].signal(libc::SIGSTOP);
+    until_answered_by(&mut client, &key, &next).await;
+    servers[0].signal(libc::SIGCONT);
+    until_answered_by(&mut client, &key, "1").await;
 }
