@@ -1,5 +1,5 @@
 //! A tonic server that grpc-go clients of any version can call: every
-//! accepted connection goes through `authority_fix::wrap` before tonic.
+//! accepted connection goes through `etcdlb_authority_fix::wrap` before tonic.
 //!
 //! ```sh
 //! cargo run -p authority-fix --features tonic --example tonic_server -- 127.0.0.1:50051
@@ -22,7 +22,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         listener.local_addr()?
     );
     let (_health, health_service) = tonic_health::server::health_reporter();
-    let incoming = TcpIncoming::from(listener).map_ok(authority_fix::wrap);
+    let incoming = TcpIncoming::from(listener).map_ok(etcdlb_authority_fix::wrap);
     Server::builder()
         .add_service(health_service)
         .serve_with_incoming(incoming)

@@ -31,7 +31,7 @@
 //! With tonic, enable the feature `tonic` (it makes [`AuthorityFix`] a
 //! `tonic::transport::server::Connected` when the wrapped IO is one) and map
 //! the incoming connections:
-//! `TcpIncoming::from(listener).map_ok(authority_fix::wrap)` — see
+//! `TcpIncoming::from(listener).map_ok(etcdlb_authority_fix::wrap)` — see
 //! `examples/tonic_server.rs`. With TLS, wrap the decrypted stream (the
 //! adapter must see HTTP/2 frames): accept TLS yourself and hand tonic the
 //! wrapped TLS streams, as the `serve` crate of this workspace does; over
@@ -69,7 +69,7 @@ pub enum Mode {
 /// the limits documented on each field.
 ///
 /// ```
-/// let config = authority_fix::Config::default().mode(authority_fix::Mode::Observe);
+/// let config = etcdlb_authority_fix::Config::default().mode(etcdlb_authority_fix::Mode::Observe);
 /// assert_eq!(config.max_header_block, 64 * 1024);
 /// ```
 #[derive(Clone, Copy, Debug)]
@@ -137,7 +137,7 @@ impl Config {
 /// client.extend_from_slice(&[0, 0, block.len() as u8, 0x1, 0x4, 0, 0, 0, 1]);
 /// client.extend_from_slice(&block);
 ///
-/// let mut conn = authority_fix::wrap(&client[..]);
+/// let mut conn = etcdlb_authority_fix::wrap(&client[..]);
 /// let mut seen = Vec::new();
 /// conn.read_to_end(&mut seen).await?;
 /// assert_eq!(seen.len(), client.len());
@@ -303,7 +303,7 @@ impl<IO: tonic::transport::server::Connected> tonic::transport::server::Connecte
 /// property tests and the fuzz target; no I/O involved.
 ///
 /// ```
-/// let (out, stats) = authority_fix::process(b"not http/2", &[3, 100], Default::default());
+/// let (out, stats) = etcdlb_authority_fix::process(b"not http/2", &[3, 100], Default::default());
 /// assert_eq!(out, b"not http/2");
 /// assert!(stats.passthrough);
 /// ```

@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 
-use authority_fix::{Config, Mode, huffman_encode, process};
+use etcdlb_authority_fix::{Config, Mode, huffman_encode, process};
 use proptest::prelude::*;
 
 const STATIC_NAMES: &[&str] = &[

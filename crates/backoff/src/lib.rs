@@ -20,7 +20,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use backoff::Backoff;
+//! use etcdlb_backoff::Backoff;
 //!
 //! let grpc = Backoff::GRPC_CONNECTION;
 //! assert_eq!(grpc.nominal(0), Duration::from_secs(1));
@@ -51,7 +51,7 @@ use std::time::Duration;
 ///
 /// ```
 /// use std::time::Duration;
-/// use backoff::Backoff;
+/// use etcdlb_backoff::Backoff;
 ///
 /// let b = Backoff { base: Duration::from_millis(10), jitter: 0.0, ..Backoff::ETCD };
 /// assert_eq!(b.delay(3), Duration::from_millis(80));
@@ -80,7 +80,7 @@ impl Backoff {
     /// re-registration, the resolver's recovery).
     ///
     /// ```
-    /// assert_eq!(backoff::Backoff::ETCD, backoff::Backoff::default());
+    /// assert_eq!(etcdlb_backoff::Backoff::ETCD, etcdlb_backoff::Backoff::default());
     /// ```
     pub const ETCD: Backoff = Backoff {
         base: Duration::from_millis(100),
@@ -94,7 +94,7 @@ impl Backoff {
     ///
     /// ```
     /// use std::time::Duration;
-    /// assert_eq!(backoff::Backoff::GRPC_CONNECTION.nominal(2), Duration::from_millis(2560));
+    /// assert_eq!(etcdlb_backoff::Backoff::GRPC_CONNECTION.nominal(2), Duration::from_millis(2560));
     /// ```
     pub const GRPC_CONNECTION: Backoff = Backoff {
         base: Duration::from_secs(1),
@@ -108,7 +108,7 @@ impl Backoff {
     ///
     /// ```
     /// use std::time::Duration;
-    /// assert_eq!(backoff::Backoff::ETCD.nominal(3), Duration::from_millis(800));
+    /// assert_eq!(etcdlb_backoff::Backoff::ETCD.nominal(3), Duration::from_millis(800));
     /// ```
     pub fn nominal(&self, attempt: u32) -> Duration {
         let max = self.max.as_secs_f64();
@@ -127,7 +127,7 @@ impl Backoff {
     ///
     /// ```
     /// use std::time::Duration;
-    /// let d = backoff::Backoff::ETCD.delay(0);
+    /// let d = etcdlb_backoff::Backoff::ETCD.delay(0);
     /// assert!(d >= Duration::from_millis(80) && d <= Duration::from_millis(120));
     /// ```
     pub fn delay(&self, attempt: u32) -> Duration {
@@ -141,7 +141,7 @@ impl Backoff {
     ///
     /// ```
     /// use std::time::Duration;
-    /// let b = backoff::Backoff::GRPC_CONNECTION;
+    /// let b = etcdlb_backoff::Backoff::GRPC_CONNECTION;
     /// assert_eq!(b.delay_with(0, 0.0), Duration::from_millis(800));
     /// assert_eq!(b.delay_with(0, 1.0), Duration::from_millis(1200));
     /// ```
@@ -166,7 +166,7 @@ impl Backoff {
     /// to log a failure loudly only once the backoff is at its cap.
     ///
     /// ```
-    /// let b = backoff::Backoff::ETCD;
+    /// let b = etcdlb_backoff::Backoff::ETCD;
     /// assert!(!b.is_capped(5) && b.is_capped(6));
     /// ```
     pub fn is_capped(&self, attempt: u32) -> bool {
@@ -176,7 +176,7 @@ impl Backoff {
     /// A failure counter over this backoff, starting at retry 0.
     ///
     /// ```
-    /// let mut a = backoff::Backoff::GRPC_CONNECTION.attempts();
+    /// let mut a = etcdlb_backoff::Backoff::GRPC_CONNECTION.attempts();
     /// a.next_delay();
     /// assert_eq!(a.count(), 1);
     /// ```
@@ -193,7 +193,7 @@ impl Backoff {
 ///
 /// ```
 /// use std::time::Duration;
-/// use backoff::Backoff;
+/// use etcdlb_backoff::Backoff;
 ///
 /// let mut a = Backoff { jitter: 0.0, ..Backoff::GRPC_CONNECTION }.attempts();
 /// assert_eq!(a.next_delay(), Duration::from_secs(1));
@@ -211,8 +211,8 @@ impl Attempts {
     /// The backoff this counter follows.
     ///
     /// ```
-    /// let a = backoff::Backoff::ETCD.attempts();
-    /// assert_eq!(*a.backoff(), backoff::Backoff::ETCD);
+    /// let a = etcdlb_backoff::Backoff::ETCD.attempts();
+    /// assert_eq!(*a.backoff(), etcdlb_backoff::Backoff::ETCD);
     /// ```
     pub fn backoff(&self) -> &Backoff {
         &self.backoff
@@ -221,7 +221,7 @@ impl Attempts {
     /// How many delays were handed out since the start or the last reset.
     ///
     /// ```
-    /// let mut a = backoff::Backoff::ETCD.attempts();
+    /// let mut a = etcdlb_backoff::Backoff::ETCD.attempts();
     /// a.next_delay();
     /// a.next_delay();
     /// assert_eq!(a.count(), 2);
@@ -235,7 +235,7 @@ impl Attempts {
     ///
     /// ```
     /// use std::time::Duration;
-    /// assert_eq!(backoff::Backoff::ETCD.attempts().current(), Duration::from_millis(100));
+    /// assert_eq!(etcdlb_backoff::Backoff::ETCD.attempts().current(), Duration::from_millis(100));
     /// ```
     pub fn current(&self) -> Duration {
         self.backoff.nominal(self.attempt)
@@ -244,7 +244,7 @@ impl Attempts {
     /// The delay of one more failure, with a fresh random jitter.
     ///
     /// ```
-    /// let mut a = backoff::Backoff::ETCD.attempts();
+    /// let mut a = etcdlb_backoff::Backoff::ETCD.attempts();
     /// assert!(a.next_delay() < a.next_delay() * 2);
     /// ```
     pub fn next_delay(&mut self) -> Duration {
@@ -256,7 +256,7 @@ impl Attempts {
     ///
     /// ```
     /// use std::time::Duration;
-    /// let mut a = backoff::Backoff::ETCD.attempts();
+    /// let mut a = etcdlb_backoff::Backoff::ETCD.attempts();
     /// assert_eq!(a.next_delay_with(0.5), Duration::from_millis(100));
     /// assert_eq!(a.next_delay_with(0.5), Duration::from_millis(200));
     /// ```
@@ -269,7 +269,7 @@ impl Attempts {
     /// Starts over at `base`, after a success.
     ///
     /// ```
-    /// let mut a = backoff::Backoff::ETCD.attempts();
+    /// let mut a = etcdlb_backoff::Backoff::ETCD.attempts();
     /// a.next_delay();
     /// a.reset();
     /// assert_eq!(a.count(), 0);

@@ -23,7 +23,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use balancer::{
+use etcdlb_balancer::{
     Balancer, Change, Endpoint, HashKey, LeastRequest, Policy, RingHash, RoundRobin, Sticky,
 };
 use std::hint::black_box;

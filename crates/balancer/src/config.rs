@@ -25,7 +25,7 @@ pub enum Fallback {
 ///
 /// ```
 /// use std::time::Duration;
-/// use balancer::BackoffConfig;
+/// use etcdlb_balancer::BackoffConfig;
 ///
 /// let fast = BackoffConfig { base: Duration::from_millis(50), ..BackoffConfig::default() };
 /// assert_eq!(fast.multiplier, 1.6);

@@ -16,7 +16,7 @@ const MAX_CHOICES: usize = 10;
 /// compared.
 ///
 /// ```
-/// let builder = balancer::Balancer::builder().policy(balancer::LeastRequest::new().choices(3));
+/// let builder = etcdlb_balancer::Balancer::builder().policy(etcdlb_balancer::LeastRequest::new().choices(3));
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LeastRequest {

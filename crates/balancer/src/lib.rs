@@ -21,7 +21,7 @@
 //! `registry` or `resolver`.
 //!
 //! ```no_run
-//! use balancer::{Balancer, Change, Endpoint, ServedBy, ServedByExt, StickyExt};
+//! use etcdlb_balancer::{Balancer, Change, Endpoint, ServedBy, ServedByExt, StickyExt};
 //! use echo_proto::{EchoRequest, echo_client::EchoClient};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -50,10 +50,10 @@
 //! their instance under every policy; their [`Fallback`] uses the policy.
 //!
 //! ```no_run
-//! use balancer::{Balancer, HashKeyExt, LeastRequest, RingHash};
+//! use etcdlb_balancer::{Balancer, HashKeyExt, LeastRequest, RingHash};
 //! use echo_proto::{EchoRequest, echo_client::EchoClient};
 //!
-//! # async fn run(changes: futures::stream::Empty<balancer::Change>) -> Result<(), tonic::Status> {
+//! # async fn run(changes: futures::stream::Empty<etcdlb_balancer::Change>) -> Result<(), tonic::Status> {
 //! let balancer = Balancer::builder().policy(RingHash::new()).build(changes);
 //! let mut client = EchoClient::new(balancer);
 //! let request = tonic::Request::new(EchoRequest { message: "move".into() }).hash_key("room-7");

@@ -25,7 +25,7 @@ use crate::state::Outcome;
 ///
 /// ```
 /// use std::time::Duration;
-/// use balancer::OutlierDetection;
+/// use etcdlb_balancer::OutlierDetection;
 ///
 /// let strict = OutlierDetection {
 ///     consecutive_failures: Some(3),

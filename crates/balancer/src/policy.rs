@@ -47,7 +47,7 @@ use crate::{
 ///
 /// ```
 /// use std::sync::atomic::{AtomicUsize, Ordering};
-/// use balancer::{Candidate, PickRequest, Picker, Policy};
+/// use etcdlb_balancer::{Candidate, PickRequest, Picker, Policy};
 ///
 /// struct SameZone(String);
 ///
@@ -74,7 +74,7 @@ use crate::{
 /// }
 ///
 /// # async fn run() {
-/// let balancer = balancer::Balancer::builder()
+/// let balancer = etcdlb_balancer::Balancer::builder()
 ///     .policy(SameZone("eu-1".into()))
 ///     .build(futures::stream::empty());
 /// # }
@@ -166,7 +166,7 @@ pub trait Picker: Send + Sync + 'static {
 ///
 /// ```
 /// let (parts, ()) = http::Request::post("/echo.Echo/UnaryEcho").body(()).unwrap().into_parts();
-/// let request = balancer::PickRequest::new(&parts);
+/// let request = etcdlb_balancer::PickRequest::new(&parts);
 /// assert_eq!(request.path(), "/echo.Echo/UnaryEcho");
 /// ```
 #[derive(Clone, Copy)]
@@ -330,7 +330,7 @@ impl fmt::Debug for Candidate {
 /// gets the same number, ±1.
 ///
 /// ```
-/// let builder = balancer::Balancer::builder().policy(balancer::RoundRobin);
+/// let builder = etcdlb_balancer::Balancer::builder().policy(etcdlb_balancer::RoundRobin);
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RoundRobin;

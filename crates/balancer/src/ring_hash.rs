@@ -48,9 +48,9 @@ use crate::{Candidate, PickRequest, Picker, Policy, policy::Scope};
 /// and searches only its bucket (about one node).
 ///
 /// ```
-/// use balancer::{HashKeyExt, RingHash};
+/// use etcdlb_balancer::{HashKeyExt, RingHash};
 ///
-/// let builder = balancer::Balancer::builder().policy(RingHash::new().min_ring_size(4096));
+/// let builder = etcdlb_balancer::Balancer::builder().policy(RingHash::new().min_ring_size(4096));
 /// let request = tonic::Request::new(()).hash_key("player-42");
 ///
 /// // Or key by a request header that the callers send anyway:
@@ -306,7 +306,7 @@ fn random_ready(known: &[Candidate]) -> Option<usize> {
 /// in an `http::Request`'s extensions. Other policies ignore it.
 ///
 /// ```
-/// use balancer::HashKey;
+/// use etcdlb_balancer::HashKey;
 ///
 /// assert_eq!(HashKey::new("abc").hash(), 0x44bc2cf5ad770999);
 /// assert_eq!(HashKey::new(b"abc"), HashKey::from_hash(0x44bc2cf5ad770999));

@@ -23,7 +23,7 @@ pub(crate) const INSTANCE_KEY: HeaderName = HeaderName::from_static("balancer-se
 /// [`ServedBy::from_status`] reads back.
 ///
 /// ```no_run
-/// use balancer::{Balancer, ServedBy, ServedByExt, StickyExt};
+/// use etcdlb_balancer::{Balancer, ServedBy, ServedByExt, StickyExt};
 /// use echo_proto::{EchoRequest, echo_client::EchoClient};
 ///
 /// # async fn run(mut client: EchoClient<Balancer>) -> Result<(), tonic::Status> {
@@ -85,7 +85,7 @@ impl ServedBy {
     /// ASCII is not carried in metadata: then only the address is known.
     ///
     /// ```
-    /// assert!(balancer::ServedBy::from_status(&tonic::Status::unavailable("no")).is_none());
+    /// assert!(etcdlb_balancer::ServedBy::from_status(&tonic::Status::unavailable("no")).is_none());
     /// ```
     pub fn from_status(status: &Status) -> Option<Self> {
         let headers = status.metadata().as_ref();

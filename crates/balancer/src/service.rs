@@ -90,7 +90,7 @@ impl Builder {
     /// whatever the policy.
     ///
     /// ```
-    /// let builder = balancer::Balancer::builder().policy(balancer::LeastRequest::new());
+    /// let builder = etcdlb_balancer::Balancer::builder().policy(etcdlb_balancer::LeastRequest::new());
     /// ```
     ///
     /// [`RoundRobin`]: crate::RoundRobin
@@ -311,7 +311,7 @@ impl Balancer {
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// let balancer = balancer::Balancer::new(futures::stream::empty());
+    /// let balancer = etcdlb_balancer::Balancer::new(futures::stream::empty());
     /// let (head, ()) = http::Request::new(()).into_parts();
     /// assert_eq!(balancer.pick_for(&head, |e| e.addr().to_string()), None);
     /// # }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 /// when there is none.
 ///
 /// ```
-/// use balancer::{Sticky, StickyExt};
+/// use etcdlb_balancer::{Sticky, StickyExt};
 ///
 /// let request = tonic::Request::new(()).sticky("1");
 /// assert_eq!(request.extensions().get::<Sticky>().unwrap().id(), "1");

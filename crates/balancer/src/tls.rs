@@ -15,9 +15,9 @@ use tokio_rustls::{
 /// the name to verify (default: the host of each endpoint's address).
 ///
 /// ```
-/// # fn demo(ca_pem: &[u8]) -> Result<(), balancer::TlsError> {
-/// let tls = balancer::TlsConfig::from_pem(ca_pem)?.domain("game.internal");
-/// let config = balancer::EndpointConfig { tls: Some(tls), ..Default::default() };
+/// # fn demo(ca_pem: &[u8]) -> Result<(), etcdlb_balancer::TlsError> {
+/// let tls = etcdlb_balancer::TlsConfig::from_pem(ca_pem)?.domain("game.internal");
+/// let config = etcdlb_balancer::EndpointConfig { tls: Some(tls), ..Default::default() };
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]

@@ -4,10 +4,10 @@ mod support;
 
 use std::{collections::HashMap, time::Duration};
 
-use balancer::{
+use echo_proto::echo_client::EchoClient;
+use etcdlb_balancer::{
     BackoffConfig, Balancer, Change, ConnectivityState, Endpoint, Fallback, Sticky, StickyExt,
 };
-use echo_proto::echo_client::EchoClient;
 use support::{Pki, TestServer, discovery, from, hi};
 use tonic::Code;
 
@@ -411,8 +411,8 @@ async fn server_going_away_under_load_fails_no_request() {
     assert_eq!(after.last().map(String::as_str), Some("1"));
 }
 
-fn tls_balancer(server: &TestServer, tls: Option<balancer::TlsConfig>) -> Balancer {
-    let config = balancer::EndpointConfig {
+fn tls_balancer(server: &TestServer, tls: Option<etcdlb_balancer::TlsConfig>) -> Balancer {
+    let config = etcdlb_balancer::EndpointConfig {
         tls,
         backoff: fast_backoff(),
         ..Default::default()
@@ -439,7 +439,7 @@ async fn failed_with(balancer: &Balancer) -> String {
 async fn tls_endpoint_is_reached_when_its_ca_is_trusted() {
     let pki = Pki::new();
     let server = TestServer::start_tls("1", &pki);
-    let tls = balancer::TlsConfig::from_pem(pki.ca.as_bytes()).expect("ca");
+    let tls = etcdlb_balancer::TlsConfig::from_pem(pki.ca.as_bytes()).expect("ca");
     let balancer = tls_balancer(&server, Some(tls));
     let mut client = EchoClient::new(balancer);
     assert_eq!(call(&mut client).await.expect("call over TLS"), "1");
@@ -459,14 +459,14 @@ async fn plaintext_client_against_a_tls_server_says_so() {
 #[tokio::test]
 async fn tls_client_with_the_wrong_ca_reports_the_certificate_error() {
     let server = TestServer::start_tls("1", &Pki::new());
-    let other_ca = balancer::TlsConfig::from_pem(Pki::new().ca.as_bytes()).expect("ca");
+    let other_ca = etcdlb_balancer::TlsConfig::from_pem(Pki::new().ca.as_bytes()).expect("ca");
     let error = failed_with(&tls_balancer(&server, Some(other_ca))).await;
     assert!(error.contains("TLS: invalid peer certificate"), "{error}");
 }
 
 #[test]
 fn tls_config_rejects_pem_without_a_certificate() {
-    let error = balancer::TlsConfig::from_pem(b"not a pem").expect_err("no cert");
+    let error = etcdlb_balancer::TlsConfig::from_pem(b"not a pem").expect_err("no cert");
     assert_eq!(error.to_string(), "CA PEM holds no certificate");
 }
 

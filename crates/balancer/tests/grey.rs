@@ -16,11 +16,11 @@ use std::{
     time::Duration,
 };
 
-use balancer::{
+use echo_proto::{EchoRequest, echo_client::EchoClient};
+use etcdlb_balancer::{
     BackoffConfig, Balancer, Change, ConnectivityState, Endpoint, EndpointStatus, Exclusion,
     FreezeDetection, OutlierDetection,
 };
-use echo_proto::{EchoRequest, echo_client::EchoClient};
 use support::{TestServer, from, hi};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},

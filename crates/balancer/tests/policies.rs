@@ -10,11 +10,11 @@ use std::{
     time::Duration,
 };
 
-use balancer::{
+use echo_proto::{EchoRequest, echo_client::EchoClient};
+use etcdlb_balancer::{
     BackoffConfig, Balancer, Candidate, Change, Endpoint, HashKey, HashKeyExt, LeastRequest,
     PickRequest, Picker, Policy, RingHash, RoundRobin, ServedBy, ServedByExt, StickyExt,
 };
-use echo_proto::{EchoRequest, echo_client::EchoClient};
 use support::{TestServer, discovery, from, hi};
 
 type Client = EchoClient<Balancer>;
@@ -103,7 +103,7 @@ async fn a_user_policy_prefers_its_zone_and_falls_back_to_all() {
     balancer
         .wait_until(|all| {
             all.iter()
-                .filter(|e| e.state == balancer::ConnectivityState::Ready)
+                .filter(|e| e.state == etcdlb_balancer::ConnectivityState::Ready)
                 .count()
                 == 1
         })
@@ -452,7 +452,7 @@ async fn a_key_whose_instance_is_down_goes_to_the_next_and_comes_back() {
     balancer
         .wait_until(|all| {
             all.iter()
-                .filter(|e| e.state == balancer::ConnectivityState::Ready)
+                .filter(|e| e.state == etcdlb_balancer::ConnectivityState::Ready)
                 .count()
                 == 3
         })

@@ -7,7 +7,7 @@
 //! `serde_json`, for the endpoints' metadata.
 //!
 //! ```
-//! use discover::{Change, Endpoint};
+//! use etcdlb_discover::{Change, Endpoint};
 //!
 //! let one = Endpoint::new("127.0.0.1:50051").unwrap().with_instance_id("1");
 //! let changes = vec![
@@ -37,7 +37,7 @@ pub enum Change {
 /// (any JSON, e.g. `{"zone":"a","weight":3}`), for policies to read.
 ///
 /// ```
-/// use discover::Endpoint;
+/// use etcdlb_discover::Endpoint;
 ///
 /// let e = Endpoint::new("127.0.0.1:50051")
 ///     .unwrap()

@@ -22,7 +22,7 @@ struct Update<'a> {
 /// does that).
 ///
 /// ```
-/// let v = registry::encode_value("127.0.0.1:41234", &serde_json::json!("1"));
+/// let v = etcdlb_registry::encode_value("127.0.0.1:41234", &serde_json::json!("1"));
 /// assert_eq!(v, br#"{"Op":0,"Addr":"127.0.0.1:41234","Metadata":"1"}"#);
 /// ```
 pub fn encode(addr: &str, metadata: &Value) -> Vec<u8> {

@@ -37,9 +37,9 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use registry::{Registration, State};
+//! use etcdlb_registry::{Registration, State};
 //!
-//! # async fn run() -> Result<(), registry::Error> {
+//! # async fn run() -> Result<(), etcdlb_registry::Error> {
 //! let registered = Registration::new("discovery/dev/game", "127.0.0.1:41234")
 //!     .etcd_endpoints(["http://127.0.0.1:2379"])
 //!     .instance_id("1")
@@ -62,7 +62,7 @@
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
-//! use registry::{ErrorKind, Registration};
+//! use etcdlb_registry::{ErrorKind, Registration};
 //!
 //! let err = Registration::new("discovery/dev/game", "127.0.0.1")
 //!     .register()

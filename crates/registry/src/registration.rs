@@ -200,7 +200,7 @@ impl Registration {
     /// knows which port it was bound to.
     ///
     /// ```
-    /// let r = registry::Registration::new("discovery/dev/game", "")
+    /// let r = etcdlb_registry::Registration::new("discovery/dev/game", "")
     ///     .address("10.0.0.5:50051");
     /// assert_eq!(r.key(), "discovery/dev/game/10.0.0.5:50051");
     /// ```
@@ -213,7 +213,7 @@ impl Registration {
     /// [`address`](Self::address), not yet validated.
     ///
     /// ```
-    /// let r = registry::Registration::new("discovery/dev/game", "game-1.internal");
+    /// let r = etcdlb_registry::Registration::new("discovery/dev/game", "game-1.internal");
     /// assert_eq!(r.registered_address(), "game-1.internal");
     /// ```
     pub fn registered_address(&self) -> &str {

@@ -7,8 +7,8 @@ use integration_tests::pki as support;
 
 use std::time::{Duration, Instant};
 
+use etcdlb_registry::{Error, ErrorKind, EtcdTls, Registration};
 use integration_tests::unique_prefix;
-use registry::{Error, ErrorKind, EtcdTls, Registration};
 use support::{Certs, SecureEtcd};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);

@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
+use etcdlb_registry::{ErrorKind, Registered, Registration, State};
 use integration_tests::{etcd_client, etcd_endpoints, free_port, private_etcd, unique_prefix};
-use registry::{ErrorKind, Registered, Registration, State};
 use tokio::sync::watch;
 
 const TTL: Duration = Duration::from_secs(2);
@@ -15,7 +15,7 @@ fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "registry=debug".into()),
+                .unwrap_or_else(|_| "etcdlb_registry=debug".into()),
         )
         .with_test_writer()
         .try_init();

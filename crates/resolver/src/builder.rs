@@ -26,9 +26,9 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// | connect timeout | [`DEFAULT_CONNECT_TIMEOUT`] (2 s) |
 ///
 /// ```no_run
-/// use resolver::{EtcdTls, Resolver};
+/// use etcdlb_resolver::{EtcdTls, Resolver};
 ///
-/// # async fn run() -> Result<(), resolver::ConnectError> {
+/// # async fn run() -> Result<(), etcdlb_resolver::ConnectError> {
 /// let resolution = Resolver::builder("discovery/dev/game")
 ///     .etcd_endpoints(["https://etcd-1:2379", "https://etcd-2:2379"])
 ///     .etcd_tls(EtcdTls::ca_file("ca.pem").client_cert_files("client.pem", "client-key.pem"))

@@ -27,7 +27,7 @@ fn go_value(addr: &str, id: &str) -> String {
 async fn watch_canceled_for_compaction_is_recovered_by_listing_again() {
     let _ = tracing_subscriber::fmt()
         .with_test_writer()
-        .with_env_filter("resolver=info")
+        .with_env_filter("etcdlb_resolver=info")
         .try_init();
     let prefix = unique_prefix("watch_start_compacted");
     let mut client = etcd_client().await;

@@ -28,7 +28,7 @@
 //!
 //! ```no_run
 //! use futures::StreamExt;
-//! use resolver::Resolver;
+//! use etcdlb_resolver::Resolver;
 //!
 //! # async fn run() -> Result<(), etcd_client::Error> {
 //! let mut changes = Resolver::connect(&["http://127.0.0.1:2379"], None, "discovery/dev/game")

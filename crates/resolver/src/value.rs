@@ -74,7 +74,7 @@ impl DecodeError {
 /// Total over all inputs: arbitrary bytes give an error, never a panic.
 ///
 /// ```
-/// use resolver::{decode_value, Decoded};
+/// use etcdlb_resolver::{decode_value, Decoded};
 ///
 /// let Ok(Decoded::Endpoint(entry)) =
 ///     decode_value(br#"{"Op":0,"Addr":"127.0.0.1:41234","Metadata":"1"}"#)

@@ -6,8 +6,8 @@
 //! `PROPTEST_CASES` for a longer run. The fuzz target in `fuzz/` covers the
 //! same decoder with coverage guidance.
 
+use etcdlb_resolver::{Decoded, decode_value};
 use proptest::prelude::*;
-use resolver::{Decoded, decode_value};
 use serde_json::Value;
 
 fn config() -> ProptestConfig {

@@ -8,9 +8,9 @@ use integration_tests::pki as support;
 use std::time::Duration;
 
 use discover::Change;
+use etcdlb_resolver::{ConnectError, ConnectErrorKind, EtcdTls, Resolver, ResolverBuilder};
 use futures::StreamExt;
 use integration_tests::unique_prefix;
-use resolver::{ConnectError, ConnectErrorKind, EtcdTls, Resolver, ResolverBuilder};
 use support::{Certs, SecureEtcd};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);

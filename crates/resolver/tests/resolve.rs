@@ -8,9 +8,9 @@ use std::{
 
 use discover::{Change, Endpoint};
 use etcd_client::{Client, Txn, TxnOp};
+use etcdlb_resolver::{Backoff, Health, Resolution, Resolver};
 use futures::StreamExt;
 use integration_tests::{connect, etcd_client, private_etcd, unique_prefix};
-use resolver::{Backoff, Health, Resolution, Resolver};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -19,7 +19,7 @@ fn init_logs() {
         .with_test_writer()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "resolver=info".into()),
+                .unwrap_or_else(|_| "etcdlb_resolver=info".into()),
         )
         .try_init();
 }

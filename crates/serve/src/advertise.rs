@@ -18,7 +18,7 @@ use crate::{Error, ErrorKind};
 /// not an address anyone can connect to.
 ///
 /// ```
-/// use serve::Advertise;
+/// use etcdlb_serve::Advertise;
 ///
 /// let a = Advertise::parse("game-1.internal").unwrap();
 /// assert_eq!(a.address(50051), "game-1.internal:50051");
@@ -141,7 +141,7 @@ fn is_host_name(host: &str) -> bool {
 ///
 /// ```
 /// use std::net::SocketAddr;
-/// use serve::{Advertise, advertised_address};
+/// use etcdlb_serve::{Advertise, advertised_address};
 ///
 /// let bound: SocketAddr = "127.0.0.1:41234".parse().unwrap();
 /// assert_eq!(advertised_address(bound, None), "127.0.0.1:41234");
@@ -178,7 +178,7 @@ pub fn advertised_address(bound: SocketAddr, advertise: Option<&Advertise>) -> S
 /// exists.
 ///
 /// ```
-/// let ip = serve::detect_host_address(false);
+/// let ip = etcdlb_serve::detect_host_address(false);
 /// assert!(!ip.is_unspecified());
 /// ```
 pub fn detect_host_address(prefer_ipv6: bool) -> IpAddr {

@@ -24,8 +24,8 @@ pub enum ErrorKind {
 /// meant for the user, e.g. `cannot listen on 127.0.0.1:80: …`.
 ///
 /// ```
-/// let err = serve::Advertise::parse("0.0.0.0").unwrap_err();
-/// assert_eq!(err.kind(), serve::ErrorKind::InvalidConfig);
+/// let err = etcdlb_serve::Advertise::parse("0.0.0.0").unwrap_err();
+/// assert_eq!(err.kind(), etcdlb_serve::ErrorKind::InvalidConfig);
 /// assert!(!err.to_string().contains('\n'));
 /// ```
 #[derive(Debug)]
@@ -39,7 +39,7 @@ impl Error {
     /// this crate that report their own setup errors the same way.
     ///
     /// ```
-    /// use serve::{Error, ErrorKind};
+    /// use etcdlb_serve::{Error, ErrorKind};
     /// let e = Error::new(ErrorKind::InvalidConfig, "no id");
     /// assert_eq!((e.kind(), e.to_string().as_str()), (ErrorKind::InvalidConfig, "no id"));
     /// ```

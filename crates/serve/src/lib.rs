@@ -50,13 +50,13 @@
 //! }
 //!
 //! #[tokio::main]
-//! async fn main() -> Result<(), serve::Error> {
-//!     let shutdown = serve::shutdown_signal()?; // SIGINT/SIGTERM drain
+//! async fn main() -> Result<(), etcdlb_serve::Error> {
+//!     let shutdown = etcdlb_serve::shutdown_signal()?; // SIGINT/SIGTERM drain
 //!     let registration = registry::Registration::new("discovery/dev/shout", "") // "": detect
 //!         .etcd_endpoints(["http://127.0.0.1:2379"])
 //!         .instance_id("1");
 //!     let router = tonic::transport::Server::builder().add_service(EchoServer::new(Shout));
-//!     serve::Server::new(registration)
+//!     etcdlb_serve::Server::new(registration)
 //!         .health_for(EchoServer::<Shout>::NAME)
 //!         .reflection(echo_proto::FILE_DESCRIPTOR_SET)
 //!         .bind("0.0.0.0:50051".parse().unwrap())

@@ -164,9 +164,9 @@ impl Server {
     /// the previous wrapper's output.
     ///
     /// ```
-    /// use serve::{BoxIo, ConnInfo};
+    /// use etcdlb_serve::{BoxIo, ConnInfo};
     ///
-    /// let server = serve::Server::new(registry::Registration::new("discovery/dev/game", ""))
+    /// let server = etcdlb_serve::Server::new(registry::Registration::new("discovery/dev/game", ""))
     ///     .wrap_connections(|io: BoxIo, info: &ConnInfo| {
     ///         tracing::debug!(peer = %info.remote, "accepted");
     ///         io

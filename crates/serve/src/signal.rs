@@ -23,8 +23,8 @@ pub const SECOND_SIGNAL_EXIT_CODE: i32 = 130;
 /// tokio runtime.
 ///
 /// ```no_run
-/// # async fn demo() -> Result<(), serve::Error> {
-/// let shutdown = serve::shutdown_signal()?;
+/// # async fn demo() -> Result<(), etcdlb_serve::Error> {
+/// let shutdown = etcdlb_serve::shutdown_signal()?;
 /// shutdown.await; // SIGINT or SIGTERM
 /// # Ok(()) }
 /// ```

@@ -19,8 +19,8 @@ use crate::{Error, ErrorKind};
 /// builder of the router.
 ///
 /// ```no_run
-/// # fn demo() -> Result<(), serve::Error> {
-/// let tls = serve::Tls::from_pem_files("server.pem".as_ref(), "server.key".as_ref())?;
+/// # fn demo() -> Result<(), etcdlb_serve::Error> {
+/// let tls = etcdlb_serve::Tls::from_pem_files("server.pem".as_ref(), "server.key".as_ref())?;
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
@@ -66,7 +66,7 @@ impl Tls {
     /// The certificate chain `cert_pem` and its private key `key_pem`.
     ///
     /// ```
-    /// let err = serve::Tls::from_pem(b"", b"").unwrap_err();
+    /// let err = etcdlb_serve::Tls::from_pem(b"", b"").unwrap_err();
     /// assert_eq!(err.to_string(), "no certificate in the PEM data");
     /// ```
     pub fn from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<Self, Error> {

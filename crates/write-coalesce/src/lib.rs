@@ -39,7 +39,7 @@
 //!
 //! ```
 //! use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-//! use write_coalesce::Coalesce;
+//! use etcdlb_write_coalesce::Coalesce;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> std::io::Result<()> {
@@ -96,8 +96,8 @@ impl<S> Coalesce<S> {
     /// Wraps `inner` with the [`DEFAULT_THRESHOLD`].
     ///
     /// ```
-    /// let wrapped = write_coalesce::Coalesce::new(tokio::io::empty());
-    /// assert_eq!(wrapped.threshold(), write_coalesce::DEFAULT_THRESHOLD);
+    /// let wrapped = etcdlb_write_coalesce::Coalesce::new(tokio::io::empty());
+    /// assert_eq!(wrapped.threshold(), etcdlb_write_coalesce::DEFAULT_THRESHOLD);
     /// ```
     pub fn new(inner: S) -> Self {
         Self::with_threshold(inner, DEFAULT_THRESHOLD)
@@ -107,7 +107,7 @@ impl<S> Coalesce<S> {
     /// (0: never).
     ///
     /// ```
-    /// let wrapped = write_coalesce::Coalesce::with_threshold(tokio::io::empty(), 0);
+    /// let wrapped = etcdlb_write_coalesce::Coalesce::with_threshold(tokio::io::empty(), 0);
     /// assert_eq!(wrapped.threshold(), 0);
     /// ```
     pub fn with_threshold(inner: S, threshold: usize) -> Self {
@@ -129,7 +129,7 @@ impl<S> Coalesce<S> {
     ///
     /// let busy_elsewhere = Arc::new(AtomicBool::new(false));
     /// let gate = busy_elsewhere.clone();
-    /// let mut w = write_coalesce::Coalesce::new(Vec::<u8>::new())
+    /// let mut w = etcdlb_write_coalesce::Coalesce::new(Vec::<u8>::new())
     ///     .with_gate(Arc::new(move || gate.load(Ordering::Relaxed)));
     /// let mut cx = Context::from_waker(Waker::noop());
     /// // The gate says no: written at once.
@@ -151,7 +151,7 @@ impl<S> Coalesce<S> {
     /// The wrapped stream.
     ///
     /// ```
-    /// let wrapped = write_coalesce::Coalesce::new(std::io::Cursor::new(vec![1u8]));
+    /// let wrapped = etcdlb_write_coalesce::Coalesce::new(std::io::Cursor::new(vec![1u8]));
     /// assert_eq!(wrapped.get_ref().get_ref(), &[1]);
     /// ```
     pub fn get_ref(&self) -> &S {
@@ -161,7 +161,7 @@ impl<S> Coalesce<S> {
     /// The wrapped stream, mutably.
     ///
     /// ```
-    /// let mut wrapped = write_coalesce::Coalesce::new(std::io::Cursor::new(vec![1u8]));
+    /// let mut wrapped = etcdlb_write_coalesce::Coalesce::new(std::io::Cursor::new(vec![1u8]));
     /// wrapped.get_mut().get_mut().push(2);
     /// assert_eq!(wrapped.into_inner().into_inner(), [1, 2]);
     /// ```
@@ -172,7 +172,7 @@ impl<S> Coalesce<S> {
     /// Unwraps the stream.
     ///
     /// ```
-    /// let wrapped = write_coalesce::Coalesce::new(std::io::Cursor::new(vec![1u8]));
+    /// let wrapped = etcdlb_write_coalesce::Coalesce::new(std::io::Cursor::new(vec![1u8]));
     /// assert_eq!(wrapped.into_inner().into_inner(), [1]);
     /// ```
     pub fn into_inner(self) -> S {

@@ -13,13 +13,13 @@ use std::{
     },
 };
 
-use balancer::{Balancer, Change, Endpoint};
 pub use echo_proto::EchoRequest;
 use echo_proto::{
     EchoResponse,
     echo_client::EchoClient,
     echo_server::{Echo, EchoServer},
 };
+use etcdlb_balancer::{Balancer, Change, Endpoint};
 use futures::{Stream, StreamExt as _};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
