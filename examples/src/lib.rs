@@ -4,7 +4,7 @@
 //! robin), which holds its score; every later
 //! [`Play`](pb::game_server::Game::play) must reach that instance, so the
 //! client makes it sticky to the instance the balancer says served the
-//! `Join` ([`balancer::ServedBy`]). An instance that does not hold the player
+//! `Join` ([`etcdlb::client::ServedBy`]). An instance that does not hold the player
 //! answers `NOT_FOUND`.
 //!
 //! The server (`src/bin/game-server.rs`) is [`serve`] around [`Game`]; the

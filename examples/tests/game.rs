@@ -13,7 +13,7 @@ use std::{
     },
 };
 
-use balancer::{Balancer, ServedBy, ServedByExt, StickyExt};
+use etcdlb::client::{Balancer, Resolver, ServedBy, ServedByExt, StickyExt};
 use game_example::pb::{JoinRequest, PlayRequest, game_client::GameClient};
 use integration_tests::{
     etcd_endpoints,
@@ -71,7 +71,7 @@ fn players_stay_on_their_instance_while_another_drains_under_load_and_restarts()
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let _guard = rt.enter();
     let balancer = rt.block_on(async {
-        let changes = resolver::Resolver::builder(prefix.as_str())
+        let changes = Resolver::builder(prefix.as_str())
             .etcd_endpoints(etcd_endpoints())
             .connect()
             .await

@@ -1,8 +1,9 @@
 //! `game-client --player NAME [--rounds 3] [--prefix discovery/dev/game] [--etcd URL]`:
 //! joins one instance (round robin), then plays there (sticky to it).
 
-use balancer::{Balancer, ServedBy, ServedByExt, StickyExt};
 use clap::Parser;
+use etcdlb::client::{Balancer, Resolver, ServedBy};
+use etcdlb::prelude::*; // ServedByExt, StickyExt
 use game_example::pb::{JoinRequest, PlayRequest, game_client::GameClient};
 
 #[derive(Parser)]
@@ -20,9 +21,8 @@ struct Args {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    cli_support::init_logging();
-    let resolver =
-        resolver::Resolver::builder(args.prefix.as_str()).etcd_endpoints(args.etcd.split(','));
+    etcdlb::init_logging();
+    let resolver = Resolver::builder(args.prefix.as_str()).etcd_endpoints(args.etcd.split(','));
     let changes = resolver.connect().await?.resolve();
     let mut game = GameClient::new(Balancer::builder().name(args.prefix).build(changes));
     let joined = game

@@ -2,6 +2,7 @@
 //! the game on the `serve` lifecycle (SIGINT/SIGTERM drain without failing a call).
 
 use clap::Parser;
+use etcdlb::server::{Registration, Server, shutdown_signal};
 use game_example::{Game, pb::game_server::GameServer};
 use tonic::server::NamedService;
 
@@ -18,16 +19,16 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), serve::Error> {
+async fn main() -> Result<(), etcdlb::server::Error> {
     let args = Args::parse();
-    cli_support::init_logging();
-    let shutdown = serve::shutdown_signal()?;
-    let registration = registry::Registration::new(args.prefix, "") // "": the bound address
+    etcdlb::init_logging();
+    let shutdown = shutdown_signal()?; // the first signal drains, a second exits
+    let registration = Registration::new(args.prefix, "") // "": the bound address
         .etcd_endpoints(args.etcd.split(','))
         .instance_id(args.id.as_str());
     let router =
         tonic::transport::Server::builder().add_service(GameServer::new(Game::new(args.id)));
-    serve::Server::new(registration)
+    Server::new(registration)
         .health_for(GameServer::<Game>::NAME)
         .reflection(game_example::FILE_DESCRIPTOR_SET)
         .bind(args.addr)
