@@ -79,6 +79,7 @@
 mod body;
 mod config;
 mod connection;
+mod error;
 mod health;
 mod least_request;
 mod metrics;
@@ -98,6 +99,7 @@ mod tls;
 pub use body::ResponseBody;
 pub use config::{BackoffConfig, EndpointConfig, Fallback};
 pub use discover::{Change, Endpoint, InvalidAddress};
+pub use error::{Error, ErrorKind};
 pub use least_request::LeastRequest;
 pub use outlier::OutlierDetection;
 pub use policy::{Candidate, PickRequest, Picker, Policy, RoundRobin, Scope};

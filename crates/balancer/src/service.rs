@@ -26,6 +26,7 @@ use crate::{
     BackoffConfig, EndpointConfig, Fallback, Policy, ResponseBody, Sticky,
     body::Call,
     config::Config,
+    error::{ErrorKind, status},
     metrics::Metrics,
     policy::{Candidate, PickRequest, PolicyHandle},
     replay::{self, Prepared, SendBody},
@@ -418,7 +419,9 @@ impl Shared {
         loop {
             let endpoint = self.pick(&pick_request, sticky, deadline).await?;
             let Some(attempt) = body.attempt() else {
-                return Err(Status::internal("request body lost between attempts").into());
+                return Err(
+                    status(ErrorKind::Internal, "request body lost between attempts").into(),
+                );
             };
             endpoint.shared.picks.fetch_add(1, Ordering::Relaxed);
             endpoint.shared.metrics.picks.increment(1);
@@ -430,7 +433,9 @@ impl Shared {
                 ..
             } = endpoint
             else {
-                return Err(Status::internal("picked an endpoint with no connection").into());
+                return Err(
+                    status(ErrorKind::Internal, "picked an endpoint with no connection").into(),
+                );
             };
             let mut call = Call::start(shared.clone());
             let mut error = match sender.try_send_request(request).await {
@@ -462,10 +467,13 @@ impl Shared {
                 return Err(shared.served_by.mark_status(status).into());
             }
             if retries >= self.config.max_retries {
-                let status = Status::unavailable(format!(
-                    "request to {} was not processed after {retries} retries: {error}",
-                    self.config.name,
-                ));
+                let status = status(
+                    ErrorKind::NotProcessed,
+                    format!(
+                        "request to {} was not processed after {retries} retries: {error}",
+                        self.config.name,
+                    ),
+                );
                 return Err(shared.served_by.mark_status(status).into());
             }
             retries += 1;
@@ -530,7 +538,10 @@ impl Shared {
                     Picked::Wait(waiting) => waiting,
                 };
             if self.config.fail_fast && waiting == Waiting::NoReady {
-                return Err(Status::unavailable(self.describe(waiting, sticky, None)));
+                return Err(status(
+                    ErrorKind::NoReadyEndpoint,
+                    self.describe(waiting, sticky, None),
+                ));
             }
             let mut wake = earliest(deadline_at, limit_at);
             if matches!(
@@ -543,17 +554,17 @@ impl Shared {
             tokio::select! {
                 changed = changes.changed() => {
                     if changed.is_err() {
-                        return Err(Status::unavailable(format!("balancer for {} was shut down", self.config.name)));
+                        return Err(status(ErrorKind::Shutdown, format!("balancer for {} was shut down", self.config.name)));
                     }
                 }
                 () = sleep_until(wake) => {
                     let now = Instant::now();
                     let message = self.describe(waiting, sticky, Some(now - started));
                     if deadline_at.is_some_and(|d| now >= d) {
-                        return Err(Status::deadline_exceeded(message));
+                        return Err(status(ErrorKind::DeadlineExceeded, message));
                     }
                     if limit_at.is_some_and(|d| now >= d) {
-                        return Err(Status::unavailable(message));
+                        return Err(status(ErrorKind::NoReadyEndpoint, message));
                     }
                     // Otherwise the sticky wait is over: loop, and fall back.
                 }
@@ -597,11 +608,14 @@ impl Shared {
                         Some(Slot::Failed) => "in transient failure",
                         _ => "not ready",
                     };
-                    return Picked::Fail(Status::unavailable(format!(
-                        "sticky instance {:?} of {} is {why}",
-                        sticky.id(),
-                        self.config.name
-                    )));
+                    return Picked::Fail(status(
+                        ErrorKind::StickyUnavailable,
+                        format!(
+                            "sticky instance {:?} of {} is {why}",
+                            sticky.id(),
+                            self.config.name
+                        ),
+                    ));
                 }
                 Fallback::RoundRobin => {
                     let endpoint = match policy_pick(snapshot, request) {
@@ -733,14 +747,17 @@ fn transport_status(error: hyper::Error, endpoint: &Endpoint) -> Status {
         }
         source = cause.source();
     }
-    let status = Status::from_error(Box::new(error));
-    if status.code() == tonic::Code::Unknown {
-        Status::unavailable(format!(
-            "connection to {} failed during the call: {why}",
-            endpoint.addr(),
-        ))
+    let from_hyper = Status::from_error(Box::new(error));
+    if from_hyper.code() == tonic::Code::Unknown {
+        status(
+            ErrorKind::ConnectionLost,
+            format!(
+                "connection to {} failed during the call: {why}",
+                endpoint.addr(),
+            ),
+        )
     } else {
-        status
+        from_hyper
     }
 }
 

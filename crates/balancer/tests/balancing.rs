@@ -6,8 +6,14 @@ use std::{collections::HashMap, time::Duration};
 
 use echo_proto::echo_client::EchoClient;
 use etcdlb_balancer::{
-    BackoffConfig, Balancer, Change, ConnectivityState, Endpoint, Fallback, Sticky, StickyExt,
+    BackoffConfig, Balancer, Change, ConnectivityState, Endpoint, Error, ErrorKind, Fallback,
+    Sticky, StickyExt,
 };
+
+/// The kind of the balancer's own error behind `status`.
+fn kind(status: &tonic::Status) -> Option<ErrorKind> {
+    Error::of(status).map(Error::kind)
+}
 use support::{Pki, TestServer, discovery, from, hi};
 use tonic::Code;
 
@@ -163,6 +169,7 @@ async fn sticky_request_fails_naming_the_id_under_fail_policy() {
     let mut client = EchoClient::new(balancer);
     let status = call_sticky(&mut client, "9").await.expect_err("must fail");
     assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(kind(&status), Some(ErrorKind::StickyUnavailable));
     assert_eq!(
         status.message(),
         "sticky instance \"9\" of discovery/dev/game is unknown"
@@ -274,6 +281,7 @@ async fn deadline_exceeded_while_waiting_gives_a_clear_status() {
     request.set_timeout(Duration::from_secs(5));
     let status = client.unary_echo(request).await.expect_err("must time out");
     assert_eq!(status.code(), Code::DeadlineExceeded);
+    assert_eq!(kind(&status), Some(ErrorKind::DeadlineExceeded));
     assert_eq!(
         status.message(),
         "no endpoint discovered for discovery/dev/game after 5.0s"
@@ -290,6 +298,7 @@ async fn configured_ready_timeout_bounds_the_wait() {
     let mut client = EchoClient::new(balancer);
     let status = client.unary_echo(hi()).await.expect_err("must time out");
     assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(kind(&status), Some(ErrorKind::NoReadyEndpoint));
     assert_eq!(
         status.message(),
         "no ready endpoint for discovery/dev/game after 2.0s: 0 known, 0 connecting, 0 in transient failure"
@@ -317,6 +326,7 @@ async fn fail_fast_returns_unavailable_at_once() {
         .await
         .expect_err("fail fast");
     assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(kind(&status), Some(ErrorKind::NoReadyEndpoint));
     assert_eq!(
         status.message(),
         "no ready endpoint for discovery/dev/game: 1 known, 0 connecting, 1 in transient failure"

@@ -383,7 +383,10 @@ fn no_member(members: &Balancer) -> Status {
 
 fn explain(error: tower::BoxError, members: &Balancer) -> tower::BoxError {
     match error.downcast::<Status>() {
-        Ok(status) if status.message().starts_with("no ready endpoint") => {
+        Ok(status)
+            if balancer::Error::of(&status)
+                .is_some_and(|e| e.kind() == balancer::ErrorKind::NoReadyEndpoint) =>
+        {
             Box::new(no_member(members))
         }
         Ok(status) => status as tower::BoxError,

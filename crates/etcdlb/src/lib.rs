@@ -103,10 +103,10 @@ pub use etcd_security::{EtcdAuth, EtcdTls};
 pub mod client {
     pub use balancer::{
         BackoffConfig, Balancer, BoxError, Builder, Candidate, ConnectivityState, EndpointConfig,
-        EndpointStatus, Exclusion, Fallback, FreezeDetection, HashKey, HashKeyExt, LeastRequest,
-        OutlierDetection, PickRequest, Picker, Policy, ResponseBody, ResponseFuture, RingHash,
-        RoundRobin, Scope, ServedBy, ServedByExt, Signals, Stats, Sticky, StickyExt, TlsConfig,
-        TlsError,
+        EndpointStatus, Error, ErrorKind, Exclusion, Fallback, FreezeDetection, HashKey,
+        HashKeyExt, LeastRequest, OutlierDetection, PickRequest, Picker, Policy, ResponseBody,
+        ResponseFuture, RingHash, RoundRobin, Scope, ServedBy, ServedByExt, Signals, Stats, Sticky,
+        StickyExt, TlsConfig, TlsError,
     };
     pub use resolver::{
         ConnectError, ConnectErrorKind, Health, Resolution, Resolver, ResolverBuilder,
