@@ -17,6 +17,12 @@
 //! assert!(!format!("{auth:?}").contains("secret"));
 //! ```
 
+mod config;
+
+pub use config::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_ETCD_ENDPOINT, DEFAULT_REQUEST_TIMEOUT, EtcdConfig,
+};
+
 use std::{
     fmt,
     path::{Path, PathBuf},
@@ -211,6 +217,11 @@ impl EtcdAuth {
     /// The user name.
     pub fn user(&self) -> &str {
         &self.user
+    }
+
+    /// The password (for handing to etcd-client; never log it).
+    pub fn password(&self) -> &str {
+        &self.password
     }
 }
 

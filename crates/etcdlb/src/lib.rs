@@ -12,7 +12,9 @@
 //!   over the live servers: round robin, least request, ring hash, or a
 //!   policy of your own; a call may be pinned ("sticky") to one instance, and
 //!   every response says which instance served it.
-//! - [`EtcdTls`] for both; [`init_logging`] (feature `logging`).
+//! - [`EtcdConfig`] for both (endpoints, TLS, user, timeouts: one set of
+//!   defaults): `Registration::etcd(&config)`, `Resolver::builder(prefix)
+//!   .etcd(&config)`; [`init_logging`] (feature `logging`).
 //!
 //! Both features are on by default.
 //!
@@ -92,7 +94,10 @@
 //! `etcdlb-write-coalesce`.
 
 pub use discover::{Change, Endpoint, InvalidAddress};
-pub use etcd_security::{EtcdAuth, EtcdTls};
+pub use etcd_security::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_ETCD_ENDPOINT, DEFAULT_REQUEST_TIMEOUT, EtcdAuth, EtcdConfig,
+    EtcdTls,
+};
 
 /// Discovering servers in etcd and balancing calls over them.
 ///

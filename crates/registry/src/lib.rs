@@ -84,7 +84,7 @@ mod task;
 
 pub use endpoint::encode as encode_value;
 pub use error::{Error, ErrorKind};
-pub use etcd_security::EtcdTls;
+pub use etcd_security::{EtcdConfig, EtcdTls};
 pub use registered::{Registered, State};
 pub use registration::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_ETCD_ENDPOINT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_TTL, MIN_TTL,

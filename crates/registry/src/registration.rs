@@ -3,21 +3,21 @@
 use std::{fmt, time::Duration};
 
 use etcd_client::{Client, ConnectOptions};
-use etcd_security::{self as security, EtcdAuth, EtcdTls};
+use etcd_security::{self as security, EtcdAuth, EtcdConfig, EtcdTls};
 use serde_json::Value;
 
 use crate::{Error, Registered, task};
 
 /// Default etcd endpoint, the same as the seed's and `etcdctl`'s.
-pub const DEFAULT_ETCD_ENDPOINT: &str = "http://127.0.0.1:2379";
+pub use etcd_security::DEFAULT_ETCD_ENDPOINT;
 /// Default lease TTL: 60 s, like the Go seed.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
 /// Smallest accepted lease TTL.
 pub const MIN_TTL: Duration = Duration::from_secs(2);
-/// Default time allowed for the first registration.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Default time allowed for each etcd request made in the background.
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the first registration tries: [`EtcdConfig`]'s default.
+pub use etcd_security::DEFAULT_CONNECT_TIMEOUT;
+/// The limit of each etcd request: [`EtcdConfig`]'s default.
+pub use etcd_security::DEFAULT_REQUEST_TIMEOUT;
 
 /// Describes what to register and how; [`register`](Registration::register)
 /// makes it happen.
@@ -90,6 +90,18 @@ impl Registration {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
         }
+    }
+
+    /// Every etcd setting at once: endpoints, TLS, user, connect and request
+    /// timeouts (the same [`EtcdConfig`] a client's resolver takes).
+    /// Replaces a client given with [`client`](Self::client).
+    pub fn etcd(mut self, config: &EtcdConfig) -> Self {
+        self = self.etcd_endpoints(config.endpoints().iter().cloned());
+        self.tls = config.get_tls().cloned();
+        self.auth = config.get_auth().cloned();
+        self.connect_timeout = config.get_connect_timeout();
+        self.request_timeout = config.get_request_timeout();
+        self
     }
 
     /// The etcd client URLs to connect to, e.g. `http://127.0.0.1:2379`.

@@ -4,17 +4,13 @@
 use std::{fmt, time::Duration};
 
 use etcd_client::{ConnectOptions, GetOptions};
-use etcd_security::{self as security, EtcdAuth, EtcdTls, Secured, describe, diagnose};
+use etcd_security::{self as security, EtcdAuth, EtcdConfig, EtcdTls, Secured, describe, diagnose};
 use tokio::time::{Instant, sleep, timeout, timeout_at};
 use tracing::warn;
 
 use crate::Resolver;
 
-/// Default etcd endpoint, the same as `etcdctl`'s.
-pub const DEFAULT_ETCD_ENDPOINT: &str = "http://127.0.0.1:2379";
-/// Default limit for connecting and for the check made by
-/// [`ResolverBuilder::connect`].
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+pub use etcd_security::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_ETCD_ENDPOINT};
 
 /// Connects a [`Resolver`] to etcd; made by [`Resolver::builder`].
 ///
@@ -23,7 +19,7 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// | endpoints | [`DEFAULT_ETCD_ENDPOINT`] |
 /// | TLS, user | none: plain `http://`, no authentication |
 /// | client options | HTTP/2 keep-alive every 10 s, 5 s timeout |
-/// | connect timeout | [`DEFAULT_CONNECT_TIMEOUT`] (2 s) |
+/// | connect timeout | [`DEFAULT_CONNECT_TIMEOUT`] (5 s, [`EtcdConfig`]'s) |
 ///
 /// ```no_run
 /// use etcdlb_resolver::{EtcdTls, Resolver};
@@ -78,6 +74,17 @@ impl Resolver {
 }
 
 impl ResolverBuilder {
+    /// Every etcd setting at once: endpoints, TLS, user and connect timeout
+    /// (the same [`EtcdConfig`] a server's registration takes; its request
+    /// timeout is the registration's only).
+    pub fn etcd(mut self, config: &EtcdConfig) -> Self {
+        self.endpoints = config.endpoints().to_vec();
+        self.tls = config.get_tls().cloned();
+        self.auth = config.get_auth().cloned();
+        self.connect_timeout = config.get_connect_timeout();
+        self
+    }
+
     /// The etcd client URLs, e.g. `http://127.0.0.1:2379`, or `https://…`
     /// with [`etcd_tls`](Self::etcd_tls).
     pub fn etcd_endpoints<I, S>(mut self, endpoints: I) -> Self

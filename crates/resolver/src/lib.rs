@@ -50,7 +50,7 @@ mod resolution;
 mod resolver;
 mod value;
 
-pub use etcd_security::EtcdTls;
+pub use etcd_security::{EtcdConfig, EtcdTls};
 
 pub use backoff::Backoff;
 

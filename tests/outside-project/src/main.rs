@@ -35,11 +35,8 @@ impl Inventory for Store {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     etcdlb::init_logging();
-    let etcd: Vec<String> = std::env::var("ETCD_ENDPOINTS")
-        .unwrap_or_else(|_| "http://127.0.0.1:2379".into())
-        .split(',')
-        .map(str::to_owned)
-        .collect();
+    // One etcd configuration for both sides: ETCD_ENDPOINTS, else etcdctl's default.
+    let etcd = etcdlb::EtcdConfig::from_env();
     let prefix = format!("discovery/outside-{}/inventory", std::process::id());
 
     // Two servers, each registered under <prefix>/<its address>.
@@ -47,7 +44,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut servers = Vec::new();
     for id in ["a", "b"] {
         let registration = Registration::new(prefix.as_str(), "")
-            .etcd_endpoints(etcd.iter().cloned())
+            .etcd(&etcd)
             .instance_id(id);
         let store = Store { id: id.into(), count: AtomicU64::new(0) };
         let router = tonic::transport::Server::builder().add_service(InventoryServer::new(store));
@@ -64,7 +61,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // A client: etcd → resolver → balancer → the generated client.
     let changes = Resolver::builder(prefix.as_str())
-        .etcd_endpoints(etcd.iter().cloned())
+        .etcd(&etcd)
         .connect()
         .await?
         .resolve();
