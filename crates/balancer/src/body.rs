@@ -13,7 +13,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use tonic::Code;
 
-use crate::state::{EndpointShared, Outcome};
+use crate::{signals::Outcome, state::EndpointShared};
 
 /// One call in flight on an endpoint: counted as outstanding from
 /// [`Call::start`] until [`Call::finish`] or its drop, whichever is first.

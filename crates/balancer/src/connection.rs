@@ -14,10 +14,12 @@ use std::{
 };
 
 use crate::{
-    EndpointConfig, health,
+    EndpointConfig,
+    connectivity::ConnectivityState,
+    health,
     probe::{self, Link, Monitored, Verdict},
     replay::SendBody,
-    state::{ConnectivityState, Exclusion},
+    state::Exclusion,
 };
 use discover::Endpoint;
 use hyper::client::conn::http2;
@@ -30,8 +32,7 @@ use tokio::{
 };
 use write_coalesce::{Coalesce, Gate};
 
-/// A ready connection's request handle.
-pub(crate) type Sender = http2::SendRequest<SendBody>;
+pub(crate) use crate::http::Sender;
 
 /// What an endpoint's connection task tells the owner task.
 pub(crate) struct StateEvent {

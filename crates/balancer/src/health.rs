@@ -22,7 +22,10 @@ use tonic_health::pb::{
 };
 
 use crate::{
-    BackoffConfig, connection::Sender, replay::SendBody, service::BoxError, state::Exclusion,
+    BackoffConfig,
+    http::{BoxError, Sender},
+    replay::SendBody,
+    state::Exclusion,
 };
 
 /// One connection as a tower service, for the balancer's own calls on it.
@@ -45,8 +48,7 @@ impl tower_service::Service<http::Request<Body>> for Conn {
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let (head, body) = request.into_parts();
         let mut request = http::Request::from_parts(head, SendBody::passthrough(body));
-        if let Err(e) =
-            crate::service::set_origin(&mut request, self.scheme.clone(), &self.authority)
+        if let Err(e) = crate::http::set_origin(&mut request, self.scheme.clone(), &self.authority)
         {
             return Box::pin(async move { Err(e) });
         }

@@ -8,12 +8,12 @@ use std::{sync::OnceLock, time::Duration};
 
 use metrics::{Counter, Gauge, Histogram, SharedString, counter, gauge, histogram};
 
-use crate::{ConnectivityState, state::Outcome};
+use crate::{ConnectivityState, signals::Outcome};
 
 /// `grpc.target`: the balancer's name (its discovery prefix).
 const TARGET: &str = "grpc.target";
 
-/// Per-balancer handles, in [`Shared`](crate::service::Shared).
+/// Per-balancer handles, held by the balancer's `Shared` (`shared.rs`).
 pub(crate) struct Metrics {
     target: SharedString,
     /// Indexed by [`state_index`].
@@ -108,7 +108,7 @@ impl Metrics {
     }
 }
 
-/// Per-endpoint handles, in [`EndpointShared`](crate::state::EndpointShared).
+/// Per-endpoint handles, held by each endpoint's `EndpointShared` (`state.rs`).
 pub(crate) struct EndpointMetrics {
     pub(crate) picks: Counter,
     pub(crate) failures: Counter,

@@ -18,7 +18,7 @@ use std::{
 use tokio::sync::Notify;
 use tonic::Code;
 
-use crate::state::Outcome;
+use crate::signals::Outcome;
 
 /// Settings of outlier ejection; see [`Builder::outlier_detection`]
 /// (crate::Builder::outlier_detection).

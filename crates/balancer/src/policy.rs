@@ -26,9 +26,7 @@ use std::{
 use discover::Endpoint;
 
 use crate::{
-    connection::Sender,
-    signals::Signals,
-    state::{ConnectivityState, EndpointShared},
+    connectivity::ConnectivityState, http::Sender, signals::Signals, state::EndpointShared,
 };
 
 /// Builds a [`Picker`] for each new set of endpoints.

@@ -163,3 +163,36 @@ mod tests {
         assert_eq!(s.outstanding(), 1);
     }
 }
+
+/// How one call on an endpoint ended; every call ends in exactly one
+/// [`EndpointShared::record`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// The server answered with this gRPC status (from the trailers, or the
+    /// headers of a trailers-only response).
+    Status(tonic::Code),
+    /// The connection failed, or the response ended without a status.
+    Transport,
+    /// The caller dropped the call before its end: no verdict on the server.
+    Cancelled,
+}
+
+impl Outcome {
+    /// Whether the call says the server is unwell (not the application's
+    /// answer).
+    pub(crate) fn failed(self) -> bool {
+        use tonic::Code;
+        match self {
+            Self::Status(code) => matches!(
+                code,
+                Code::Unavailable
+                    | Code::Internal
+                    | Code::Unknown
+                    | Code::DataLoss
+                    | Code::DeadlineExceeded
+            ),
+            Self::Transport => true,
+            Self::Cancelled => false,
+        }
+    }
+}

@@ -11,41 +11,9 @@ use std::{
 
 use discover::Endpoint;
 
-use crate::{ServedBy, Signals, metrics::EndpointMetrics};
-
-/// gRPC connectivity state of one endpoint's connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ConnectivityState {
-    /// Not connected and not trying (between a closed connection and the next
-    /// attempt).
-    Idle,
-    /// A connection attempt is under way.
-    Connecting,
-    /// Connected and the server has spoken: requests may be sent.
-    Ready,
-    /// The last attempt failed; waiting for the backoff to end.
-    TransientFailure,
-}
-
-impl ConnectivityState {
-    fn to_u8(self) -> u8 {
-        match self {
-            Self::Idle => 0,
-            Self::Connecting => 1,
-            Self::Ready => 2,
-            Self::TransientFailure => 3,
-        }
-    }
-
-    fn from_u8(v: u8) -> Self {
-        match v {
-            1 => Self::Connecting,
-            2 => Self::Ready,
-            3 => Self::TransientFailure,
-            _ => Self::Idle,
-        }
-    }
-}
+use crate::{
+    ServedBy, Signals, connectivity::ConnectivityState, metrics::EndpointMetrics, signals::Outcome,
+};
 
 /// Why a READY endpoint is not picked, as listed in
 /// [`EndpointStatus::excluded`]; its `Display` is the line the logs show.
@@ -144,39 +112,6 @@ pub struct Stats {
     pub retries: u64,
     /// Outlier ejections so far.
     pub ejections: u64,
-}
-
-/// How one call on an endpoint ended; every call ends in exactly one
-/// [`EndpointShared::record`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Outcome {
-    /// The server answered with this gRPC status (from the trailers, or the
-    /// headers of a trailers-only response).
-    Status(tonic::Code),
-    /// The connection failed, or the response ended without a status.
-    Transport,
-    /// The caller dropped the call before its end: no verdict on the server.
-    Cancelled,
-}
-
-impl Outcome {
-    /// Whether the call says the server is unwell (not the application's
-    /// answer).
-    fn failed(self) -> bool {
-        use tonic::Code;
-        match self {
-            Self::Status(code) => matches!(
-                code,
-                Code::Unavailable
-                    | Code::Internal
-                    | Code::Unknown
-                    | Code::DataLoss
-                    | Code::DeadlineExceeded
-            ),
-            Self::Transport => true,
-            Self::Cancelled => false,
-        }
-    }
 }
 
 /// Per-endpoint shared state: written by the owner task and the request path,
