@@ -161,3 +161,9 @@ pub fn init_logging() {
         .with_writer(std::io::stderr)
         .try_init();
 }
+
+/// The README's Rust snippets, compiled as doctests of this crate so that
+/// they keep compiling as written.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+mod readme {}
