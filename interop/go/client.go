@@ -14,28 +14,30 @@ import (
 	"sync"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/clientv3"
-	"go.etcd.io/etcd/clientv3/naming/endpoints"
-	etcdresolver "go.etcd.io/etcd/clientv3/naming/resolver"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/naming/endpoints"
+	etcdresolver "go.etcd.io/etcd/client/v3/naming/resolver"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/resolver"
 )
 
 // authorityFor maps --authority to the :authority header to send for the
 // target endpoint prefix.
 //
-// grpc-go >= 1.57 sends the target's endpoint percent-encoded
-// ("discovery%2Fdev%2Fgame"); grpc-go 1.33 (Debian's) sends it raw. Both
-// are reproduced with grpc.WithAuthority, which grpc-go 1.33 honours for
-// insecure connections; any other value is sent as given.
-func authorityFor(mode, endpoint string) (value string, set bool) {
+// grpc-go >= 1.57 (this peer's 1.85 included) sends the target's endpoint
+// percent-encoded ("discovery%2Fdev%2Fgame"): "encoded" is that default,
+// made explicit; "raw" ("discovery/dev/game") is what grpc-go < 1.57 sent.
+// Any other value is sent as given.
+func authorityFor(mode, endpoint string) string {
 	switch mode {
 	case "encoded":
-		return url.PathEscape(endpoint), true
+		return url.PathEscape(endpoint)
 	case "raw":
-		return "", false
+		return endpoint
 	default:
-		return mode, true
+		return mode
 	}
 }
 
@@ -56,6 +58,8 @@ func runClient(args []string, load bool) {
 	concurrency := fs.Int("concurrency", 0, "load: calls in flight at all times")
 	duration := fs.Duration("duration", 0, "load: how long to run")
 	wait := fs.Duration("wait", 30*time.Second, "load: how long to wait for the first READY server")
+	verbatim := fs.Bool("seed-verbatim", false, "use etcd's resolver as the seed does, without filling State.Addresses: with etcd client/v3 >= v3.6.0 grpc-go's base balancer then sees no address and every call fails (\"produced zero addresses\")")
+	fs.StringVar(&stickyFrom, "sticky-from", "etcd", "where the picker reads a connection's instance id: etcd (the endpoint's Metadata, watched with endpoints.Manager) or metadata (resolver.Address.Metadata, as the seed does; empty from etcd client/v3 v3.6.8 on)")
 	tlsCA := fs.String("tls-ca", "", "dial TLS, trusting this CA (PEM file); the :authority sent (see --authority) is also the SNI and the name checked in the server's certificate, so a rustls server needs a DNS name there (e.g. --authority localhost)")
 	parse(fs, args)
 	c.check()
@@ -73,8 +77,11 @@ func runClient(args []string, load bool) {
 	default:
 		usage("--rpc: expected unary, server-stream, client-stream or bidi, got %q", *rpc)
 	}
+	if stickyFrom != "etcd" && stickyFrom != "metadata" {
+		usage("--sticky-from: expected etcd or metadata, got %q", stickyFrom)
+	}
 
-	cli, err := clientv3.New(clientv3.Config{Endpoints: c.etcd.urls, DialTimeout: 5 * time.Second})
+	cli, err := newEtcdClient(c.etcd.urls)
 	if err != nil {
 		fatal("etcd %v: %v", c.etcd.urls, err)
 	}
@@ -83,33 +90,33 @@ func runClient(args []string, load bool) {
 	if err != nil {
 		fatal("etcd resolver: %v", err)
 	}
+	if *id != "" && stickyFrom == "etcd" {
+		watchInstanceIDs(cli, c.prefix())
+	}
+	var builder resolver.Builder = r
+	if !*verbatim {
+		builder = withAddresses{r}
+	}
 	opts := []grpc.DialOption{
-		grpc.WithResolvers(r),
+		grpc.WithResolvers(builder),
 		grpc.WithDefaultServiceConfig(serviceConfig),
 	}
-	value, set := authorityFor(*authority, c.prefix())
+	value := authorityFor(*authority, c.prefix())
 	if *tlsCA != "" {
-		// grpc-go 1.33 ignores WithAuthority with TLS: the :authority is the
-		// credentials' server name when there is one, else the target's
-		// endpoint (raw); the certificate is checked against the same name,
-		// as newer grpc-go does with the encoded form.
-		if !set {
-			value = ""
-		}
+		// With TLS the :authority is the credentials' server name, and the
+		// server's certificate is checked against that same name.
 		creds, err := credentials.NewClientTLSFromFile(*tlsCA, value)
 		if err != nil {
 			fatal("--tls-ca %s: %v", *tlsCA, err)
 		}
 		opts = append(opts, grpc.WithTransportCredentials(creds))
 	} else {
-		opts = append(opts, grpc.WithInsecure())
-		if set {
-			opts = append(opts, grpc.WithAuthority(value))
-		}
+		opts = append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithAuthority(value))
 	}
-	cc, err := grpc.Dial("etcd:///"+c.prefix(), opts...)
+	cc, err := grpc.NewClient("etcd:///"+c.prefix(), opts...)
 	if err != nil {
-		fatal("dial: %v", err)
+		fatal("new client: %v", err)
 	}
 	defer cc.Close()
 
@@ -289,7 +296,7 @@ func runList(args []string) {
 	c.register(fs)
 	parse(fs, args)
 	c.check()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: c.etcd.urls, DialTimeout: 5 * time.Second})
+	cli, err := newEtcdClient(c.etcd.urls)
 	if err != nil {
 		fatal("etcd %v: %v", c.etcd.urls, err)
 	}
@@ -312,4 +319,36 @@ func runList(args []string) {
 	for _, k := range keys {
 		fmt.Printf("%s addr=%s metadata=%v\n", k, eps[k].Addr, eps[k].Metadata)
 	}
+}
+
+// watchInstanceIDs keeps instanceIDs current from endpoints.Manager's watch
+// of prefix: what a Go client must read for stickiness now that etcd's
+// resolver no longer hands the Metadata over. It returns once the first
+// listing is in, so the first call already knows every instance.
+func watchInstanceIDs(cli *clientv3.Client, prefix string) {
+	em, err := endpoints.NewManager(cli, prefix)
+	if err != nil {
+		fatal("endpoints manager: %v", err)
+	}
+	ch, err := em.NewWatchChannel(context.Background())
+	if err != nil {
+		fatal("watch %s: %v", prefix, err)
+	}
+	apply := func(ups []*endpoints.Update) {
+		for _, up := range ups {
+			switch up.Op {
+			case endpoints.Add:
+				instanceIDs.Store(up.Endpoint.Addr, fmt.Sprint(up.Endpoint.Metadata))
+			case endpoints.Delete:
+				// The key is <prefix>/<addr>.
+				instanceIDs.Delete(strings.TrimPrefix(up.Key, prefix+"/"))
+			}
+		}
+	}
+	apply(<-ch)
+	go func() {
+		for ups := range ch {
+			apply(ups)
+		}
+	}()
 }

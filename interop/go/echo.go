@@ -13,11 +13,11 @@ import (
 	"io"
 	"time"
 
-	"github.com/golang/protobuf/ptypes/wrappers"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	wrappers "google.golang.org/protobuf/types/known/wrapperspb"
 )
 
 const echoService = "grpc.examples.echo.Echo"

@@ -13,6 +13,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 const defaultEtcd = "http://127.0.0.1:2379"
@@ -134,4 +136,13 @@ func main() {
 	default:
 		usage("unknown mode %q: expected server, client, load or list", mode)
 	}
+}
+
+// newEtcdClient connects to etcd as the seed does (clientv3.NewFromURL)
+// when given one URL, and with clientv3.New for a cluster's members.
+func newEtcdClient(urls []string) (*clientv3.Client, error) {
+	if len(urls) == 1 {
+		return clientv3.NewFromURL(urls[0])
+	}
+	return clientv3.New(clientv3.Config{Endpoints: urls, DialTimeout: 5 * time.Second})
 }

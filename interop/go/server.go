@@ -11,8 +11,8 @@ import (
 	"syscall"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/clientv3"
-	"go.etcd.io/etcd/clientv3/naming/endpoints"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/naming/endpoints"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -56,7 +56,7 @@ func runServer(args []string) {
 		}
 	}()
 
-	cli, err := clientv3.New(clientv3.Config{Endpoints: c.etcd.urls, DialTimeout: 5 * time.Second})
+	cli, err := newEtcdClient(c.etcd.urls)
 	if err != nil {
 		fatal("etcd %v: %v", c.etcd.urls, err)
 	}

@@ -28,9 +28,31 @@ pub fn go_peer() -> PathBuf {
     match peer {
         Ok(p) => p.clone(),
         Err(e) => panic!(
-            "this test needs the Go peer: {e}. Run `cargo xtask test` (as root on Debian/Ubuntu \
-             it installs Go itself), or see interop/go/README.md"
+            "this test needs the Go peer: {e}. Run `cargo xtask test` (it needs Go 1.26+ and \
+             the Go module proxy), or see interop/go/README.md"
         ),
+    }
+}
+
+/// Path of `grpc-health-probe` (pinned in `tools/go/grpc-health-probe`):
+/// `GRPC_HEALTH_PROBE` when set (`cargo xtask test` sets it), else the first
+/// call builds it (or finds it cached under `target/go-tools/`).
+///
+/// # Panics
+/// When there is no Go, or the Go module proxy cannot be reached for the
+/// first build; the message says how to get them.
+pub fn health_probe() -> PathBuf {
+    static PROBE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let probe = PROBE.get_or_init(|| {
+        if let Some(probe) = std::env::var_os("GRPC_HEALTH_PROBE").filter(|p| !p.is_empty()) {
+            return Ok(PathBuf::from(probe));
+        }
+        let target = target_dir()?;
+        go_provision::health_probe(&target).map_err(|e| e.to_string())
+    });
+    match probe {
+        Ok(p) => p.clone(),
+        Err(e) => panic!("this test needs grpc-health-probe: {e}. Run `cargo xtask test`"),
     }
 }
 

@@ -25,6 +25,7 @@ use etcd_provision::Etcd;
 
 mod bench;
 mod demo;
+mod outside;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Project automation")]
@@ -46,6 +47,11 @@ enum Cmd {
         /// 100 ms, election 1 s) instead of the fast test timing (10/100 ms).
         #[arg(long, requires = "members")]
         default_elections: bool,
+        /// Which etcd: 3.6 (the default) or 3.7, built from the Go module
+        /// proxy and cached in target/etcd/, or 3.4, Debian's etcd-server.
+        /// Sets ETCD_VERSION for this run.
+        #[arg(long, value_parser = ["3.4", "3.6", "3.7"])]
+        version: Option<String>,
     },
     /// Check fmt and clippy, provision etcd and run every test of the
     /// workspace against it.
@@ -104,7 +110,13 @@ fn main() -> ExitCode {
         Cmd::Etcd {
             members,
             default_elections,
-        } => run_etcd(members, default_elections, &interrupt_rx),
+            version,
+        } => run_etcd(
+            members,
+            default_elections,
+            version.as_deref(),
+            &interrupt_rx,
+        ),
         Cmd::Test { args } => run_tests(&args),
         Cmd::Demo => demo::run(&interrupt_rx),
         Cmd::Chaos {
@@ -133,16 +145,21 @@ type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
 fn run_etcd(
     members: usize,
     default_elections: bool,
+    version: Option<&str>,
     interrupt: &mpsc::Receiver<()>,
 ) -> Result<ExitCode> {
     if members > 1 {
         eprintln!("xtask: starting a {members}-member etcd cluster");
-        let cluster = if default_elections {
-            let bin = etcd_provision::find_etcd_binary().ok_or(etcd_provision::HOW_TO_GET_ETCD)?;
-            etcd_provision::Cluster::start_with_timing(&bin, members, (100, 1000))?
-        } else {
-            etcd_provision::Cluster::start_default(members)?
+        let bin = match version {
+            Some(v) => etcd_provision::etcd_binary(v)?,
+            None => etcd_provision::find_etcd_binary().ok_or(etcd_provision::HOW_TO_GET_ETCD)?,
         };
+        let timing = if default_elections {
+            (100, 1000)
+        } else {
+            (10, 100)
+        };
+        let cluster = etcd_provision::Cluster::start_with_timing(&bin, members, timing)?;
         let leader = cluster.wait_for_leader(std::time::Duration::from_secs(10))?;
         println!("ETCD_ENDPOINTS={}", cluster.endpoints().join(","));
         eprintln!(
@@ -155,7 +172,14 @@ fn run_etcd(
         eprintln!("xtask: cluster stopped");
         return Ok(ExitCode::SUCCESS);
     }
-    let etcd = provision_etcd()?;
+    let etcd = match version {
+        Some(v) => {
+            let etcd = Etcd::spawn(&etcd_provision::etcd_binary(v)?)?;
+            eprintln!("xtask: etcd {v} at {}", etcd.endpoints().join(","));
+            etcd
+        }
+        None => provision_etcd()?,
+    };
     println!("ETCD_ENDPOINTS={}", etcd.endpoints().join(","));
     eprintln!("xtask: etcd running; Ctrl-C to stop");
     let _ = interrupt.recv();
@@ -164,31 +188,89 @@ fn run_etcd(
     Ok(ExitCode::SUCCESS)
 }
 
+/// etcd versions the compatibility phases of `cargo xtask test` run on,
+/// after the whole suite on [`etcd_provision::DEFAULT_VERSION`].
+const COMPAT_VERSIONS: [&str; 2] = ["3.4", "3.7"];
+
+/// The compatibility subset: registration (lease, keepalive, re-register
+/// after restarts), a watch through compaction, member loss in a cluster.
+const COMPAT_TESTS: [(&str, &str, &str); 3] = [
+    ("etcdlb-registry", "registration", ""),
+    ("etcdlb-resolver", "resolve", "compact"),
+    ("integration-tests", "it", "cluster::"),
+];
+
 fn run_tests(extra: &[String]) -> Result<ExitCode> {
+    let started = std::time::Instant::now();
     let protoc = ensure_protoc()?;
     // Style first: it fails in seconds where the tests take minutes.
     check_style(&protoc)?;
     // The end-to-end tests run these binaries (they would build them too,
     // from inside the test; doing it here shows the compiler output).
     build_binaries(&protoc)?;
-    // The Go interop tests run it; the fixture takes it from GO_PEER.
+    // The Go interop tests run them; the fixture takes them from GO_PEER and
+    // GRPC_HEALTH_PROBE.
     let go_peer = provision_go_peer()?;
-    let etcd = provision_etcd()?;
+    let target = workspace_root().join("target");
+    let probe = go_provision::health_probe(&target)?;
+    let version = std::env::var("ETCD_VERSION")
+        .unwrap_or_else(|_| etcd_provision::DEFAULT_VERSION.to_owned());
+    let etcd_bin = etcd_provision::etcd_binary(&version)?;
+    let phase = |name: &str| eprintln!("xtask: [{:>4.0?}] {name}", started.elapsed());
+    phase(&format!(
+        "the whole suite on etcd {version} ({})",
+        etcd_bin.display()
+    ));
+    let etcd = Etcd::spawn(&etcd_bin)?;
     let mut cmd = cargo();
     // Every failing test binary is reported, not only the first.
     cmd.args(["test", "--workspace", "--no-fail-fast"])
         .args(extra)
         .env("PROTOC", &protoc)
         .env("GO_PEER", &go_peer)
+        .env("GRPC_HEALTH_PROBE", &probe)
+        .env("ETCD_VERSION", &version)
+        .env("ETCD_BIN", &etcd_bin)
         .env("ETCD_ENDPOINTS", etcd.endpoints().join(","));
-    if let Some(bin) = etcd.binary() {
-        // Tests that restart etcd start their own from the same binary.
-        cmd.env("ETCD_BIN", bin);
-    }
     eprintln!("xtask: running {cmd:?}");
     let status = cmd.status()?;
+    if !status.success() {
+        return Err(format!("the suite failed on etcd {version} ({status})").into());
+    }
+    phase("packaging the published crates and building the outside project on them");
+    outside::package(&protoc)?;
+    outside::build_and_run(&protoc, etcd.endpoints())?;
     drop(etcd);
-    Ok(exit_code(status.code()))
+    if !extra.is_empty() {
+        // A filtered run (`cargo xtask test -- NAME`) stops here.
+        return Ok(ExitCode::SUCCESS);
+    }
+    for compat in COMPAT_VERSIONS {
+        phase(&format!("the compatibility subset on etcd {compat}"));
+        let bin = etcd_provision::etcd_binary(compat)
+            .map_err(|e| format!("etcd {compat} for the compatibility subset: {e}"))?;
+        let etcd = Etcd::spawn(&bin)?;
+        for (package, test, filter) in COMPAT_TESTS {
+            let mut cmd = cargo();
+            cmd.args(["test", "--quiet", "-p", package, "--test", test]);
+            if !filter.is_empty() {
+                cmd.arg(filter);
+            }
+            cmd.env("PROTOC", &protoc)
+                .env("ETCD_VERSION", compat)
+                .env("ETCD_BIN", &bin)
+                .env("ETCD_ENDPOINTS", etcd.endpoints().join(","));
+            let status = cmd.status()?;
+            if !status.success() {
+                return Err(format!(
+                    "etcd {compat}: cargo test -p {package} --test {test} {filter} failed ({status})"
+                )
+                .into());
+            }
+        }
+    }
+    phase("done");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `cargo fmt --all --check`, then `cargo clippy --workspace --all-targets

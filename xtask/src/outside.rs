@@ -25,7 +25,10 @@ pub(crate) const PUBLISHED: [&str; 11] = [
 /// `cargo package` of [`PUBLISHED`], each verified (built from its packaged
 /// sources, its workspace dependencies taken from the packages just made).
 pub(crate) fn package(protoc: &Path) -> Result<()> {
-    eprintln!("xtask: cargo package (verified) of {}", PUBLISHED.join(", "));
+    eprintln!(
+        "xtask: cargo package (verified) of {}",
+        PUBLISHED.join(", ")
+    );
     let mut cmd = cargo();
     cmd.arg("package").env("PROTOC", protoc);
     if std::env::var_os("XTASK_PACKAGE_ALLOW_DIRTY").is_some() {
@@ -61,7 +64,11 @@ pub(crate) fn build_and_run(protoc: &Path, etcd: &[String]) -> Result<()> {
     for name in PUBLISHED {
         let dir = root.join(format!("target/package/{name}-{version}"));
         if !dir.join("Cargo.toml").is_file() {
-            return Err(format!("no packaged {name} at {}: run the packaging first", dir.display()).into());
+            return Err(format!(
+                "no packaged {name} at {}: run the packaging first",
+                dir.display()
+            )
+            .into());
         }
         build.arg("--config").arg(format!(
             "patch.crates-io.{name}.path={:?}",
@@ -71,7 +78,9 @@ pub(crate) fn build_and_run(protoc: &Path, etcd: &[String]) -> Result<()> {
     eprintln!("xtask: building tests/outside-project on the packaged crates");
     let status = build.status()?;
     if !status.success() {
-        return Err(format!("the outside project does not build on the packages ({status})").into());
+        return Err(
+            format!("the outside project does not build on the packages ({status})").into(),
+        );
     }
     let bin = root.join("target/debug/outside-project");
     eprintln!("xtask: running {}", bin.display());

@@ -432,3 +432,60 @@ fn go_client_over_tls_is_served_with_a_dns_server_name_and_refused_with_its_targ
         );
     }
 }
+
+/// The seed's client, call for call, on today's grpc-go (1.85) and etcd
+/// client (3.6.16): etcd's resolver reports endpoints only as
+/// `State.Endpoints` (from client/v3 v3.6.0), grpc-go's `balancer/base`
+/// reads only `State.Addresses`, so the seed's `custom_round_robin` sees no
+/// address and every call fails. Our registrations are not the cause: the
+/// same client with the addresses filled in is served (the default of the
+/// peer, `withAddresses` in interop/go/addresses.go).
+#[test]
+fn the_seeds_client_verbatim_gets_no_address_from_etcd_3_6s_resolver() {
+    let etcd = etcd_endpoints();
+    let env = unique_env("seed_verbatim");
+    let (_s1, _) = start_server("1", &env, &etcd, &[]);
+    let mut client = start_go_client(
+        "go client, seed verbatim",
+        "client",
+        &env,
+        &etcd,
+        &["--seed-verbatim", "--count", "1"],
+    );
+    let status = client.wait_exit(PATIENCE);
+    let transcript = client.transcript();
+    assert_eq!(status.code(), Some(1), "the call must fail:\n{transcript}");
+    assert!(
+        transcript.contains("produced zero addresses"),
+        "{transcript}"
+    );
+    let served = go_calls(&env, &etcd, 3, &[]);
+    assert_eq!(
+        ids(&served),
+        ["1", "1", "1"],
+        "with the addresses filled in"
+    );
+}
+
+/// etcd's resolver stopped filling `resolver.Address.Metadata` in client/v3
+/// v3.6.8: the seed's picker, which reads it, never finds the ServiceID's
+/// instance and sends sticky calls round robin, silently. Reading the
+/// instance id from etcd (the endpoint whose Addr is the connection's, as
+/// `endpoints.Manager` lists it: the peer's default) sticks.
+#[test]
+fn a_go_picker_reading_address_metadata_no_longer_sticks_one_reading_etcd_does() {
+    let etcd = etcd_endpoints();
+    let env = unique_env("sticky_from");
+    let (_s1, _) = start_server("1", &env, &etcd, &[]);
+    let (_s2, _) = start_server("2", &env, &etcd, &[]);
+    let (on_2, got) = go_sticky_hits(&env, &etcd, "2", &["--sticky-from", "metadata"]);
+    let on_1 = ids(&got).iter().filter(|id| **id == "1").count();
+    assert!(
+        on_1 >= 5 && on_2 >= 5,
+        "Address.Metadata is empty, so --id 2 goes round robin: {got:?}"
+    );
+    // (The seed picker's race: a first call picked before 2 is READY goes
+    // round robin.)
+    let (on_2, got) = go_sticky_hits(&env, &etcd, "2", &["--sticky-from", "etcd"]);
+    assert!(on_2 >= 19, "reading the id from etcd sticks: {got:?}");
+}

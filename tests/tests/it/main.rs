@@ -5,6 +5,7 @@ mod cluster;
 mod echo;
 mod etcd;
 mod grey;
+mod health_probe;
 mod interop;
 mod metrics;
 mod policies;

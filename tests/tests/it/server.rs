@@ -148,7 +148,7 @@ fn a_stopping_server_reports_not_serving_and_leaves_etcd_before_it_stops() {
 
     server.signal(libc::SIGINT);
     // Not "signal received: draining", logged before the health change.
-    server.wait_log("serve::server: draining");
+    server.wait_log("etcdlb_serve::server: draining");
     rt.block_on(async {
         assert_eq!(health(&channel, "").await, ServingStatus::NotServing);
         assert_eq!(
@@ -177,7 +177,7 @@ fn a_second_signal_ends_the_drain_at_once() {
     let env = unique_env("second_signal");
     let (mut server, _) = start_server("1", &env, &etcd, &["--drain", "60s"]);
     server.signal(libc::SIGTERM);
-    server.wait_log("serve::server: draining");
+    server.wait_log("etcdlb_serve::server: draining");
     server.signal(libc::SIGINT);
     let status = server.wait_exit(PATIENCE);
     assert_eq!(status.code(), Some(130), "{}", server.transcript());
