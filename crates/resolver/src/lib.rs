@@ -59,7 +59,7 @@ pub use crate::{
         ConnectError, ConnectErrorKind, DEFAULT_CONNECT_TIMEOUT, DEFAULT_ETCD_ENDPOINT,
         ResolverBuilder,
     },
-    resolution::{Health, Resolution},
+    resolution::{Health, LAG_LIMIT, Resolution},
     resolver::Resolver,
     value::{DecodeError, Decoded, Entry, decode_value},
 };

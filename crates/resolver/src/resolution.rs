@@ -1,11 +1,18 @@
 //! The consumer side: a [`Resolution`] is the stream of changes and the
 //! snapshot of the current set.
 //!
-//! The task writes the current set and marks the keys it changed; the stream
-//! reads each marked key, compares it with what it last emitted for that key
-//! and emits the difference. So a consumer that falls behind gets the net
-//! change (a key added and removed meanwhile emits nothing), memory stays
-//! bounded by the number of keys, and the task never waits for the consumer.
+//! One task per prefix and client (see [`Resolver::resolve`](crate::Resolver::resolve))
+//! writes the current set into a [`Shared`] and marks the keys it changed in
+//! every subscriber's queue; each [`Resolution`] subscribed to it reads its
+//! marked keys, compares each with what it last emitted for that key and
+//! emits the difference. So a consumer that falls behind gets the net change
+//! (a key added and removed meanwhile emits nothing), the task never waits for
+//! any consumer, and one slow consumer never delays another. A queue is a set
+//! of keys, bounded by the keys that changed; past the lag limit
+//! ([`LAG_LIMIT`] by default) keys more
+//! than the set holds, it is dropped and the consumer is resynchronised from
+//! the current set (the difference from what it emitted; counted in
+//! `resolver_resyncs` and logged once per consumer).
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -14,25 +21,31 @@ use std::{
     task::{Context, Poll, Waker},
 };
 
-use discover::{Change, Endpoint};
+use discover::Change;
 use futures::Stream;
 use tokio::{sync::watch, task::AbortHandle};
 
 use crate::value::Entry;
 
-/// The current set, shared by the task (writer) and the stream (reader).
+/// How many changed keys a consumer may have pending, beyond the size of
+/// the set, before its queue is dropped and it is resynchronised from the
+/// current set: the default of [`Resolver::lag_limit`](crate::Resolver::lag_limit).
+pub const LAG_LIMIT: usize = 4096;
+
+/// The current set of one prefix, shared by the task that follows etcd
+/// (writer) and every [`Resolution`] of it (readers).
 #[derive(Debug)]
 pub(crate) struct Shared {
     state: Mutex<State>,
     health: watch::Sender<Health>,
+    /// The prefix, for the resync metric and log.
+    prefix: String,
+    lag_limit: usize,
 }
 
 impl Default for Shared {
     fn default() -> Self {
-        Self {
-            state: Mutex::default(),
-            health: watch::channel(Health::Starting).0,
-        }
+        Self::new(String::new(), LAG_LIMIT)
     }
 }
 
@@ -51,87 +64,143 @@ pub enum Health {
 
 #[derive(Debug, Default)]
 struct State {
-    current: HashMap<String, Entry>,
-    /// Keys whose entry changed since the stream last looked, oldest first.
-    dirty: VecDeque<String>,
-    dirty_set: HashSet<String>,
-    waker: Option<Waker>,
-    /// The task is gone: end the stream once the dirty keys are drained.
+    /// Key → entry; subscribers keep the `Arc` of what they emitted.
+    current: HashMap<Arc<str>, Arc<Entry>>,
+    subscribers: HashMap<u64, Subscriber>,
+    next_subscriber: u64,
     closed: bool,
 }
 
-impl State {
-    fn mark(&mut self, key: &str) {
-        if self.dirty_set.insert(key.to_string()) {
-            self.dirty.push_back(key.to_string());
+/// One consumer's pending keys.
+#[derive(Debug, Default)]
+struct Subscriber {
+    dirty: VecDeque<Arc<str>>,
+    dirty_set: HashSet<Arc<str>>,
+    waker: Option<Waker>,
+    /// Its queue overflowed: compare everything it emitted with the set.
+    resync: bool,
+    /// Whether its first resync was logged.
+    logged: bool,
+}
+
+impl Subscriber {
+    fn mark(&mut self, key: &Arc<str>) -> bool {
+        if self.resync {
+            return false;
         }
+        if self.dirty_set.insert(key.clone()) {
+            self.dirty.push_back(key.clone());
+            return true;
+        }
+        false
     }
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock leaves a consistent map (every write
-        // is a single insert or remove), so poisoning is ignored.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn wake(mut state: MutexGuard<'_, State>, changed: bool) {
-        let waker = if changed { state.waker.take() } else { None };
-        drop(state);
-        if let Some(w) = waker {
-            w.wake();
+    pub(crate) fn new(prefix: String, lag_limit: usize) -> Self {
+        Self {
+            state: Mutex::default(),
+            health: watch::channel(Health::Starting).0,
+            prefix,
+            lag_limit,
         }
     }
 
-    /// Applies new values (`None`: the key holds no endpoint) and marks the
-    /// keys whose entry changed.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks `keys` for every subscriber, drops the queues that grew past
+    /// the limit, and wakes those that have something new.
+    fn mark_all(&self, mut state: MutexGuard<'_, State>, keys: &[Arc<str>]) {
+        if keys.is_empty() {
+            return;
+        }
+        let limit = self.lag_limit + state.current.len();
+        let mut wakers = Vec::new();
+        let mut resynced = 0u64;
+        for subscriber in state.subscribers.values_mut() {
+            let mut marked = false;
+            for key in keys {
+                marked |= subscriber.mark(key);
+            }
+            if subscriber.dirty.len() > limit {
+                subscriber.dirty = VecDeque::new();
+                subscriber.dirty_set = HashSet::new();
+                subscriber.resync = true;
+                resynced += 1;
+                if !subscriber.logged {
+                    subscriber.logged = true;
+                    tracing::warn!(
+                        prefix = %self.prefix,
+                        limit,
+                        "a consumer of the resolution fell more than {limit} changed keys behind; \
+                         it will be resynchronised from the current set"
+                    );
+                }
+            }
+            if marked && let Some(waker) = subscriber.waker.take() {
+                wakers.push(waker);
+            }
+        }
+        drop(state);
+        if resynced > 0 {
+            metrics::counter!("resolver.resyncs", "prefix" => self.prefix.trim_end_matches('/').to_owned())
+                .increment(resynced);
+        }
+        for waker in wakers {
+            waker.wake();
+        }
+    }
+
+    /// Applies changes: `Some(entry)` sets a key, `None` removes it.
     pub(crate) fn apply(&self, updates: impl IntoIterator<Item = (String, Option<Entry>)>) {
         let mut state = self.lock();
-        let mut changed = false;
+        let mut changed = Vec::new();
         for (key, entry) in updates {
+            let key: Arc<str> = Arc::from(key);
             let differs = match entry {
                 Some(entry) => {
-                    if state.current.get(&key) == Some(&entry) {
+                    if state.current.get(&key).map(|e| &**e) == Some(&entry) {
                         false
                     } else {
-                        state.current.insert(key.clone(), entry);
+                        state.current.insert(key.clone(), Arc::new(entry));
                         true
                     }
                 }
                 None => state.current.remove(&key).is_some(),
             };
             if differs {
-                state.mark(&key);
-                changed = true;
+                changed.push(key);
             }
         }
-        Self::wake(state, changed);
+        self.mark_all(state, &changed);
     }
 
-    /// Replaces the whole set (after a list), marking only the keys that
-    /// differ. Returns how many keys differed. Linear in both sets.
-    pub(crate) fn reset(&self, mut fresh: HashMap<String, Entry>) -> usize {
-        let mut guard = self.lock();
-        let state = &mut *guard;
-        let mut differing = Vec::new();
-        for (key, old) in &state.current {
-            if fresh.get(key) != Some(old) {
-                differing.push(key.clone());
+    /// Replaces the whole set (after a list); marks only what differs and
+    /// returns how many keys that is.
+    pub(crate) fn reset(&self, fresh: HashMap<String, Entry>) -> usize {
+        let mut state = self.lock();
+        let mut differing: Vec<Arc<str>> = Vec::new();
+        let mut next: HashMap<Arc<str>, Arc<Entry>> = HashMap::with_capacity(fresh.len());
+        for (key, entry) in fresh {
+            let key: Arc<str> = Arc::from(key);
+            match state.current.remove(&key) {
+                Some(old) if *old == entry => {
+                    next.insert(key, old);
+                }
+                _ => {
+                    differing.push(key.clone());
+                    next.insert(key, Arc::new(entry));
+                }
             }
         }
-        for key in fresh.keys() {
-            if !state.current.contains_key(key) {
-                differing.push(key.clone());
-            }
-        }
-        // Emit in key order: deterministic and friendly to readers of logs.
+        // What is left of the old set is gone.
+        differing.extend(state.current.keys().cloned());
+        state.current = next;
         differing.sort_unstable();
-        std::mem::swap(&mut state.current, &mut fresh);
         let n = differing.len();
-        for key in &differing {
-            state.mark(key);
-        }
-        Self::wake(guard, n > 0);
+        self.mark_all(state, &differing);
         n
     }
 
@@ -143,60 +212,120 @@ impl Shared {
         });
     }
 
+    /// How many endpoints the set holds.
     pub(crate) fn len(&self) -> usize {
         self.lock().current.len()
     }
 
+    /// The stream ends: the task stopped.
     pub(crate) fn close(&self) {
         let mut state = self.lock();
         state.closed = true;
-        Self::wake(state, true);
-    }
-}
-
-/// A running resolution: a [`Stream`] of [`Change`]s for the endpoints under
-/// the prefix, and a [`snapshot`](Self::snapshot) of the current set.
-///
-/// The stream starts with one `Insert` per endpoint found, then follows etcd.
-/// A key whose value changes emits `Insert` again (replacing the endpoint);
-/// a value rewritten unchanged emits nothing. A consumer that polls late gets
-/// the net change per key, never a backlog. The stream ends only if the
-/// resolver task died (it retries etcd forever otherwise).
-///
-/// Dropping it stops the resolver task.
-#[derive(Debug)]
-pub struct Resolution {
-    shared: Arc<Shared>,
-    /// What this stream told its consumer, to emit only differences.
-    emitted: HashMap<String, Endpoint>,
-    task: AbortHandle,
-}
-
-impl Resolution {
-    pub(crate) fn new(shared: Arc<Shared>, task: AbortHandle) -> Self {
-        Self {
-            shared,
-            emitted: HashMap::new(),
-            task,
+        let wakers: Vec<Waker> = state
+            .subscribers
+            .values_mut()
+            .filter_map(|s| s.waker.take())
+            .collect();
+        drop(state);
+        for waker in wakers {
+            waker.wake();
         }
     }
 
-    /// The current set as the resolver knows it (etcd key -> entry), which
-    /// may be ahead of what the stream has emitted so far. Empty until the
-    /// first list completes.
-    pub fn snapshot(&self) -> HashMap<String, Entry> {
-        self.shared.lock().current.clone()
+    /// A new consumer, with every current key pending: it starts with the
+    /// whole set, then follows.
+    fn subscribe(&self) -> u64 {
+        let mut state = self.lock();
+        let id = state.next_subscriber;
+        state.next_subscriber += 1;
+        let mut subscriber = Subscriber::default();
+        let mut keys: Vec<Arc<str>> = state.current.keys().cloned().collect();
+        keys.sort_unstable();
+        for key in &keys {
+            subscriber.mark(key);
+        }
+        state.subscribers.insert(id, subscriber);
+        id
     }
 
-    /// Whether the resolver follows etcd now; the receiver sees every
-    /// change (e.g. `wait_for(|h| matches!(h, Health::Outage(_)))`).
+    fn unsubscribe(&self, id: u64) {
+        self.lock().subscribers.remove(&id);
+    }
+}
+
+/// The task following one prefix; aborted when the last [`Resolution`] of
+/// it is dropped.
+#[derive(Debug)]
+pub(crate) struct Feed {
+    pub(crate) shared: Arc<Shared>,
+    task: AbortHandle,
+}
+
+impl Feed {
+    pub(crate) fn new(shared: Arc<Shared>, task: AbortHandle) -> Self {
+        Self { shared, task }
+    }
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A stream of [`Change`]s of one prefix, from a [`Resolver`](crate::Resolver),
+/// for the balancer; also the current set and the resolver's health.
+///
+/// Resolutions of the same prefix from one resolver (and its clones) share
+/// one list and one etcd watch: each gets the whole current set first, then
+/// every change, at its own pace. Dropping the last of them ends the watch.
+#[derive(Debug)]
+pub struct Resolution {
+    feed: Arc<Feed>,
+    id: u64,
+    /// Key → what this resolution emitted last (shared with the set while
+    /// it is current: a pointer per key, not a copy).
+    emitted: HashMap<Arc<str>, Arc<Entry>>,
+}
+
+impl Resolution {
+    /// A new subscriber of `feed`.
+    pub(crate) fn subscribe(feed: Arc<Feed>) -> Self {
+        let id = feed.shared.subscribe();
+        Self {
+            feed,
+            id,
+            emitted: HashMap::new(),
+        }
+    }
+
+    /// A resolution of a feed of its own (tests).
+    #[cfg(test)]
+    pub(crate) fn new(shared: Arc<Shared>, task: AbortHandle) -> Self {
+        Self::subscribe(Arc::new(Feed::new(shared, task)))
+    }
+
+    /// The current set: key → entry, with each entry's raw metadata.
+    pub fn snapshot(&self) -> HashMap<String, Entry> {
+        self.feed
+            .shared
+            .lock()
+            .current
+            .iter()
+            .map(|(k, e)| (k.to_string(), (**e).clone()))
+            .collect()
+    }
+
+    /// Whether the resolver follows etcd now: `Starting` until the first
+    /// list, `Following` while watching, `Outage(reason)` while it cannot
+    /// (the last known set is kept meanwhile).
     pub fn health(&self) -> watch::Receiver<Health> {
-        self.shared.health.subscribe()
+        self.feed.shared.health.subscribe()
     }
 
     #[cfg(test)]
     pub(crate) fn shared(&self) -> std::sync::Weak<Shared> {
-        Arc::downgrade(&self.shared)
+        Arc::downgrade(&self.feed.shared)
     }
 }
 
@@ -205,19 +334,45 @@ impl Stream for Resolution {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Change>> {
         let this = self.get_mut();
-        let mut state = this.shared.lock();
-        while let Some(key) = state.dirty.pop_front() {
-            state.dirty_set.remove(&key);
-            let now = state.current.get(&key).map(|e| e.endpoint().clone());
+        let mut guard = this.feed.shared.lock();
+        let state = &mut *guard;
+        let Some(subscriber) = state.subscribers.get_mut(&this.id) else {
+            return Poll::Ready(None);
+        };
+        if subscriber.resync {
+            // Everything it emitted and everything there is: the difference.
+            subscriber.resync = false;
+            let mut keys: Vec<Arc<str>> = this
+                .emitted
+                .keys()
+                .chain(state.current.keys())
+                .cloned()
+                .collect();
+            keys.sort_unstable();
+            keys.dedup();
+            for key in &keys {
+                subscriber.mark(key);
+            }
+        }
+        while let Some(key) = subscriber.dirty.pop_front() {
+            subscriber.dirty_set.remove(&key);
+            let now = state.current.get(&key);
             match (now, this.emitted.get(&key)) {
-                (Some(now), Some(before)) if now == *before => continue,
-                (Some(now), _) => {
+                (Some(now), Some(before)) if Arc::ptr_eq(now, before) || now == before => {
+                    // Re-added as it was: nothing to say; share the new one.
                     this.emitted.insert(key.clone(), now.clone());
-                    return Poll::Ready(Some(Change::Insert(key, now)));
+                    continue;
+                }
+                (Some(entry), _) => {
+                    this.emitted.insert(key.clone(), entry.clone());
+                    return Poll::Ready(Some(Change::Insert(
+                        key.to_string(),
+                        entry.endpoint().clone(),
+                    )));
                 }
                 (None, Some(_)) => {
                     this.emitted.remove(&key);
-                    return Poll::Ready(Some(Change::Remove(key)));
+                    return Poll::Ready(Some(Change::Remove(key.to_string())));
                 }
                 (None, None) => continue,
             }
@@ -225,14 +380,14 @@ impl Stream for Resolution {
         if state.closed {
             return Poll::Ready(None);
         }
-        state.waker = Some(cx.waker().clone());
+        subscriber.waker = Some(cx.waker().clone());
         Poll::Pending
     }
 }
 
 impl Drop for Resolution {
     fn drop(&mut self) {
-        self.task.abort();
+        self.feed.shared.unsubscribe(self.id);
     }
 }
 
@@ -372,5 +527,75 @@ mod tests {
             started.elapsed()
         );
         assert_eq!(changes.len(), 1_000);
+    }
+
+    #[tokio::test]
+    async fn subscribers_of_one_feed_each_get_every_change_and_a_late_one_the_whole_set() {
+        let shared = Arc::new(Shared::default());
+        let task = tokio::spawn(std::future::pending::<()>());
+        let feed = Arc::new(Feed::new(shared.clone(), task.abort_handle()));
+        let mut first = Resolution::subscribe(feed.clone());
+        let mut second = Resolution::subscribe(feed.clone());
+        shared.apply([("k/a".to_string(), Some(entry("a:1", "1")))]);
+        shared.apply([("k/b".to_string(), Some(entry("b:1", "2")))]);
+        let both = [ins("k/a", "a:1", "1"), ins("k/b", "b:1", "2")];
+        assert_eq!(drain(&mut first), both);
+        assert_eq!(drain(&mut second), both);
+        // Joins late: the whole set, in key order, then what follows.
+        let mut late = Resolution::subscribe(feed.clone());
+        assert_eq!(drain(&mut late), both);
+        shared.apply([("k/a".to_string(), None)]);
+        for r in [&mut first, &mut second, &mut late] {
+            assert_eq!(drain(r), [Change::Remove("k/a".into())]);
+        }
+        // The feed's task ends with the last subscriber.
+        drop((first, second, late));
+        drop(feed);
+        tokio::task::yield_now().await;
+        assert!(task.is_finished());
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_past_the_lag_limit_is_resynchronised_with_the_difference() {
+        let shared = Arc::new(Shared::new("k".into(), 8));
+        let task = tokio::spawn(std::future::pending::<()>());
+        let feed = Arc::new(Feed::new(shared.clone(), task.abort_handle()));
+        let mut slow = Resolution::subscribe(feed.clone());
+        let mut fast = Resolution::subscribe(feed);
+        shared.apply([("k/keep".to_string(), Some(entry("keep:1", "k")))]);
+        shared.apply([("k/gone".to_string(), Some(entry("gone:1", "g")))]);
+        assert_eq!(drain(&mut slow).len(), 2);
+        assert_eq!(drain(&mut fast).len(), 2);
+        // 100 keys come and go, one stays: far past 8 + the set's size for
+        // the slow one, while the fast one keeps reading.
+        let mut heard = 0;
+        for i in 0..100 {
+            let key = format!("k/{i}");
+            shared.apply([(key.clone(), Some(entry(&format!("10.0.0.{i}:1"), "x")))]);
+            heard += drain(&mut fast).len();
+            if i != 99 {
+                shared.apply([(key, None)]);
+                heard += drain(&mut fast).len();
+            }
+        }
+        shared.apply([("k/gone".to_string(), None)]);
+        heard += drain(&mut fast).len();
+        assert_eq!(heard, 99 * 2 + 1 + 1, "the fast one hears every change");
+        {
+            let state = shared.lock();
+            let pending: usize = state.subscribers.values().map(|s| s.dirty.len()).sum();
+            assert!(pending <= 8 + 3, "queues stay bounded: {pending}");
+        }
+        // The slow one hears only the difference from what it had.
+        let mut changes = drain(&mut slow);
+        changes.sort_by_key(|c| format!("{c:?}"));
+        assert_eq!(
+            changes,
+            [
+                ins("k/99", "10.0.0.99:1", "x"),
+                Change::Remove("k/gone".into())
+            ]
+        );
+        assert_eq!(drain(&mut slow), []);
     }
 }

@@ -1,6 +1,11 @@
 //! The [`Resolver`] builder and the task that follows etcd.
 
-use std::{collections::HashMap, fmt, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::{Arc, Mutex, Weak},
+    time::Duration,
+};
 
 use etcd_client::{
     Client, ConnectOptions, EventType, GetOptions, KeyValue, WatchOptions, WatchStream,
@@ -12,7 +17,7 @@ use tracing::{Instrument, debug, info, warn};
 
 use crate::{
     Backoff,
-    resolution::{Health, Resolution, Shared},
+    resolution::{Feed, Health, Resolution, Shared},
     value::{Decoded, Entry, decode_value, shorten},
 };
 
@@ -34,6 +39,15 @@ pub(crate) type Hook =
 /// The prefix is `discovery/<env>/<service>` (a trailing `/` is ignored); the
 /// resolver reads exactly the keys under `<prefix>/`, so `discovery/dev/game`
 /// does not see `discovery/dev/gameplay/…`.
+///
+/// **One watch per prefix.** A resolver and its clones (and the resolvers of
+/// other prefixes made from it with [`for_prefix`](Self::for_prefix)) share
+/// their etcd client and their watches: every [`resolve`](Self::resolve) of a
+/// prefix that is already followed subscribes to the same list + watch
+/// instead of opening another, so a thousand balancers of one service cost
+/// etcd one watcher. The first resolution's settings (backoff, page size,
+/// timeouts) are the watch's. Dropping the last resolution of a prefix ends
+/// its watch.
 #[derive(Clone)]
 pub struct Resolver {
     pub(crate) client: Client,
@@ -47,6 +61,9 @@ pub struct Resolver {
     /// The members of our own client (`None` for a caller's client): a
     /// member coming back ends an outage's backoff at once.
     pub(crate) members: Option<Members>,
+    /// The prefixes followed through this client: shared by clones.
+    feeds: Arc<Mutex<HashMap<String, Weak<Feed>>>>,
+    lag_limit: usize,
     #[cfg(test)]
     pub(crate) before_watch: Option<Hook>,
 }
@@ -77,9 +94,38 @@ impl Resolver {
             page_size: 1000,
             request_timeout: Duration::from_secs(5),
             members: None,
+            feeds: Arc::default(),
+            lag_limit: crate::LAG_LIMIT,
             #[cfg(test)]
             before_watch: None,
         }
+    }
+
+    /// A resolver of another prefix on the same etcd client, sharing its
+    /// watches (see the type's docs) and settings.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), etcdlb_resolver::ConnectError> {
+    /// let game = etcdlb_resolver::Resolver::builder("discovery/dev/game").connect().await?;
+    /// let chat = game.for_prefix("discovery/dev/chat");
+    /// let (games, chats) = (game.resolve(), chat.resolve()); // one client, two watches
+    /// # drop((games, chats)); Ok(()) }
+    /// ```
+    pub fn for_prefix(&self, prefix: impl Into<String>) -> Self {
+        let mut other = self.clone();
+        other.key_prefix = key_prefix(&prefix.into());
+        other
+    }
+
+    /// How many prefixes this resolver's client follows now (each one
+    /// list + watch, whatever the number of resolutions of it).
+    pub fn watched_prefixes(&self) -> usize {
+        self.feeds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|f| f.strong_count() > 0)
+            .count()
     }
 
     /// A resolver of `prefix` with its own client to `endpoints` (URLs such
@@ -111,6 +157,16 @@ impl Resolver {
         self
     }
 
+    /// How many changed keys a resolution that does not keep up may have
+    /// pending, beyond the size of the set, before it is resynchronised
+    /// from the current set (the difference from what it emitted) instead:
+    /// what bounds the memory a stalled consumer costs. Default
+    /// [`LAG_LIMIT`](crate::LAG_LIMIT) (4 096); at least 1.
+    pub fn lag_limit(mut self, keys: usize) -> Self {
+        self.lag_limit = keys.max(1);
+        self
+    }
+
     /// How many keys one get returns when listing (at least 1). All pages of
     /// one list are read at the same revision.
     pub fn page_size(mut self, keys: usize) -> Self {
@@ -130,20 +186,33 @@ impl Resolver {
         &self.key_prefix
     }
 
-    /// Starts the resolver task and returns its [`Resolution`].
+    /// A [`Resolution`] of the prefix: the current set, then every change.
     ///
-    /// The task lists the prefix, then watches it from the next revision. On
-    /// a canceled watch (compaction), a watch error or a lost connection it
+    /// The first resolution of a prefix starts the task that follows it: it
+    /// lists the prefix, then watches it from the next revision; on a
+    /// canceled watch (compaction), a watch error or a lost connection it
     /// lists again after a backoff and emits only what differs; meanwhile the
-    /// last known set stays as it was.
+    /// last known set stays as it was. Later resolutions of the same prefix
+    /// from this resolver or its clones join that task (the whole current
+    /// set first, then the changes, with no gap and no duplicate).
     ///
     /// # Panics
     /// Outside a Tokio runtime.
     pub fn resolve(self) -> Resolution {
-        let shared = Arc::new(Shared::default());
+        let feeds = self.feeds.clone();
+        let mut feeds = feeds.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(feed) = feeds.get(&self.key_prefix).and_then(Weak::upgrade) {
+            debug!(prefix = %self.key_prefix, "joining the watch of the prefix");
+            return Resolution::subscribe(feed);
+        }
+        feeds.retain(|_, f| f.strong_count() > 0);
+        let prefix = self.key_prefix.clone();
+        let shared = Arc::new(Shared::new(prefix.clone(), self.lag_limit));
         let span = tracing::info_span!("resolver", prefix = %self.key_prefix);
         let task = tokio::spawn(self.run(shared.clone()).instrument(span));
-        Resolution::new(shared, task.abort_handle())
+        let feed = Arc::new(Feed::new(shared, task.abort_handle()));
+        feeds.insert(prefix, Arc::downgrade(&feed));
+        Resolution::subscribe(feed)
     }
 
     async fn run(mut self, shared: Arc<Shared>) {

@@ -210,7 +210,7 @@ fn out_of_file_descriptors_the_accept_loop_backs_off_and_recovers() {
                 name,
                 Path::new("/bin/sh"),
                 &all,
-                &[("RUST_LOG", "info,serve=debug")],
+                &[("RUST_LOG", "info,etcdlb_serve=debug")],
             )
         },
     );

@@ -67,7 +67,8 @@ fn err(msg: impl Into<String>) -> Error {
 
 /// The workspace root (this crate lives in `tools/go-provision`).
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    fs::canonicalize(&root).unwrap_or(root)
 }
 
 /// The directory of the Go peer's module in this workspace.

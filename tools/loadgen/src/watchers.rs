@@ -1,5 +1,7 @@
-//! Many watchers of one prefix: N resolvers in this process, sharing one
-//! failover etcd client (as resolvers in one application would), while a
+//! Many watchers of one prefix: N resolutions in this process from one
+//! resolver (its clones: one failover etcd client and, since resolutions of
+//! one prefix share it, one etcd watch, as balancers in one application
+//! would), while a
 //! writer churns registrations at a fixed rate. Measures how long each put
 //! takes to reach each watcher and to reach all of them, and what this
 //! process holds.
@@ -75,8 +77,9 @@ pub async fn run(config: Config) -> Result<Value, String> {
     ));
     let mut ready = Vec::with_capacity(config.watchers);
     let mut tasks = Vec::with_capacity(config.watchers);
+    let resolver = resolver::Resolver::new(client.clone(), prefix.as_str());
     for _ in 0..config.watchers {
-        let mut resolution = resolver::Resolver::new(client.clone(), prefix.as_str()).resolve();
+        let mut resolution = resolver.clone().resolve();
         let (seen, per_watcher) = (seen.clone(), per_watcher.clone());
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
         ready.push(ready_rx);
