@@ -113,7 +113,7 @@ pub use http::BoxError;
 pub use least_request::LeastRequest;
 pub use outlier::OutlierDetection;
 pub use policy::{Candidate, PickRequest, Picker, Policy, RoundRobin, Scope};
-pub use probe::FreezeDetection;
+pub use probe::{Adaptive, FreezeDetection};
 pub use ring_hash::{HashKey, HashKeyExt, RingHash};
 pub use served_by::{ServedBy, ServedByExt};
 pub use service::{Balancer, ResponseFuture};

@@ -66,15 +66,75 @@ const STRIKE_WINDOW: Duration = Duration::from_secs(2 * 3600 + 60);
 const READ_BUF: usize = 16 * 1024;
 
 /// Settings of freeze detection.
+///
+/// By default suspicion is **adaptive**: an endpoint with calls awaiting
+/// their response headers is suspected when it has been silent for
+/// [`Adaptive::silence_multiple`] times what is normal for it — the longest
+/// recent gap between its bytes while calls awaited it, a decaying maximum
+/// kept per connection — but never sooner than [`Adaptive::suspect_floor`]
+/// nor later than [`suspect_after`](Self::suspect_after). The PING's
+/// timeout is [`Adaptive::probe_multiple`] times its longest recent round
+/// trip, between [`Adaptive::probe_floor`] and
+/// [`probe_timeout`](Self::probe_timeout). [`fixed`](Self::fixed) uses the
+/// two durations as they are.
+///
+/// The defaults (100 ms floor, 1 s ceiling; PING timeout 400 ms to 1 s):
+/// on loopback a unary call's bytes arrive tens of microseconds to 2 ms
+/// apart, so a live server is never silent for 100 ms with calls waiting
+/// unless its handlers are slow (then it answers the PING at once and is
+/// picked again: suspicion costs nothing when wrong); a GC-like pause of
+/// 150 ms is shorter than suspicion plus the PING's timeout, so it fails
+/// no call.
+///
+/// ```
+/// use std::time::Duration;
+/// use etcdlb_balancer::FreezeDetection;
+///
+/// let adaptive = FreezeDetection::default();
+/// assert_eq!(adaptive.suspect_after, Duration::from_secs(1)); // the ceiling
+/// let fixed = FreezeDetection::fixed(Duration::from_millis(300), Duration::from_millis(300));
+/// assert!(fixed.adaptive.is_none());
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FreezeDetection {
     /// How long a server with calls outstanding may send nothing before it is
-    /// suspected (no new calls) and probed with a PING. Default 1 s.
+    /// suspected (no new calls) and probed with a PING: the value itself
+    /// when not adaptive, the ceiling when adaptive. Default 1 s.
     pub suspect_after: Duration,
     /// How long to wait for the PING's ACK before the connection is treated
-    /// as dead: its calls fail with `UNAVAILABLE` and it reconnects.
-    /// Default 1 s.
+    /// as dead: its calls fail with `UNAVAILABLE` and it reconnects. The
+    /// value itself when not adaptive, the ceiling when adaptive. Default
+    /// 1 s.
     pub probe_timeout: Duration,
+    /// Adaptive bounds (the default); `None`: the two durations above, as
+    /// they are.
+    pub adaptive: Option<Adaptive>,
+}
+
+/// The adaptive part of [`FreezeDetection`]; see there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Adaptive {
+    /// Suspect after this many times the endpoint's normal silence.
+    /// Default 10.
+    pub silence_multiple: u32,
+    /// Never suspect sooner than this. Default 100 ms.
+    pub suspect_floor: Duration,
+    /// The PING may take this many times its longest recent round trip.
+    /// Default 20.
+    pub probe_multiple: u32,
+    /// Never give up on a PING sooner than this. Default 400 ms.
+    pub probe_floor: Duration,
+}
+
+impl Default for Adaptive {
+    fn default() -> Self {
+        Self {
+            silence_multiple: 10,
+            suspect_floor: Duration::from_millis(100),
+            probe_multiple: 20,
+            probe_floor: Duration::from_millis(400),
+        }
+    }
 }
 
 impl Default for FreezeDetection {
@@ -82,6 +142,41 @@ impl Default for FreezeDetection {
         Self {
             suspect_after: Duration::from_secs(1),
             probe_timeout: Duration::from_secs(1),
+            adaptive: Some(Adaptive::default()),
+        }
+    }
+}
+
+impl FreezeDetection {
+    /// Fixed bounds: suspect after `suspect_after` of silence, give the
+    /// PING `probe_timeout`, whatever is normal for the endpoint.
+    pub fn fixed(suspect_after: Duration, probe_timeout: Duration) -> Self {
+        Self {
+            suspect_after,
+            probe_timeout,
+            adaptive: None,
+        }
+    }
+
+    /// The silence after which an endpoint whose normal silence is
+    /// `normal` is suspected.
+    pub fn suspect_threshold(&self, normal: Duration) -> Duration {
+        match self.adaptive {
+            None => self.suspect_after,
+            Some(a) => normal
+                .saturating_mul(a.silence_multiple)
+                .clamp(a.suspect_floor.min(self.suspect_after), self.suspect_after),
+        }
+    }
+
+    /// How long a PING may take, given the longest recent round trip `rtt`
+    /// (zero when none was seen yet).
+    pub fn probe_deadline(&self, rtt: Duration) -> Duration {
+        match self.adaptive {
+            None => self.probe_timeout,
+            Some(a) => rtt
+                .saturating_mul(a.probe_multiple)
+                .clamp(a.probe_floor.min(self.probe_timeout), self.probe_timeout),
         }
     }
 }
@@ -91,6 +186,9 @@ pub(crate) struct Link {
     epoch: Instant,
     /// Nanoseconds since `epoch` of the last bytes from the server.
     last_rx: AtomicU64,
+    /// The longest recent silence while calls awaited the server (ns): a
+    /// maximum that loses 1/32 of itself with every new sample.
+    normal_gap: AtomicU64,
     /// Nanoseconds since `epoch` when the awaiting-stream count last left zero.
     waiting_since: AtomicU64,
     /// Streams opened by the client that the server has neither answered
@@ -121,6 +219,7 @@ impl Link {
         Arc::new(Self {
             epoch: Instant::now(),
             last_rx: AtomicU64::new(0),
+            normal_gap: AtomicU64::new(0),
             waiting_since: AtomicU64::new(0),
             outstanding: AtomicUsize::new(0),
             data_frames: AtomicU64::new(0),
@@ -142,6 +241,28 @@ impl Link {
 
     fn at(&self, nanos: u64) -> Instant {
         self.epoch + Duration::from_nanos(nanos)
+    }
+
+    /// Bytes came from the server: the silence they end is a sample of
+    /// what is normal, if calls were waiting for it.
+    fn received(&self) {
+        let now = self.now();
+        if self.outstanding.load(Ordering::Relaxed) > 0 {
+            let since = self
+                .last_rx
+                .load(Ordering::Relaxed)
+                .max(self.waiting_since.load(Ordering::Relaxed));
+            let gap = now.saturating_sub(since);
+            let old = self.normal_gap.load(Ordering::Relaxed);
+            self.normal_gap
+                .store(gap.max(old - old / 32), Ordering::Relaxed);
+        }
+        self.last_rx.store(now, Ordering::Relaxed);
+    }
+
+    /// What is normal silence for this server (see `normal_gap`).
+    pub(crate) fn normal_silence(&self) -> Duration {
+        Duration::from_nanos(self.normal_gap.load(Ordering::Relaxed))
     }
 
     /// Calls on the connection still waiting for the server's response
@@ -496,7 +617,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Monitored<S> {
                         let _ = spoke.send(this.rbuf[this.rend]);
                     }
                     this.rend += n;
-                    link.last_rx.store(link.now(), Ordering::Relaxed);
+                    link.received();
                 }
                 other => return other,
             }
@@ -635,7 +756,12 @@ pub(crate) async fn watch(
     let mut answered: u32 = 0;
     let mut data_at_answer = 0;
     let mut keepalives_seen = 0;
-    let idle_check = config.suspect_after / 2;
+    // The longest recent PING round trip: what the next PING may take.
+    let mut rtt = Duration::ZERO;
+    let idle_check = config
+        .suspect_threshold(Duration::ZERO)
+        .max(Duration::from_millis(50))
+        / 2;
     loop {
         let data_frames = link.data_frames.load(Ordering::Relaxed);
         let keepalives = link.keepalive_pings.load(Ordering::Relaxed);
@@ -656,7 +782,8 @@ pub(crate) async fn watch(
             .last_rx
             .load(Ordering::Relaxed)
             .max(link.waiting_since.load(Ordering::Relaxed)));
-        let threshold = config.suspect_after * 2u32.pow(answered.min(16));
+        let base = config.suspect_threshold(link.normal_silence());
+        let threshold = base * 2u32.pow(answered.min(16));
         let now = Instant::now();
         if now < quiet_since + threshold {
             let mut wake = quiet_since + threshold;
@@ -664,7 +791,7 @@ pub(crate) async fn watch(
                 // Server data (the answer to the call) ends the doubled wait
                 // and a new call's silence counts from its start: look again
                 // soon, or that call would be suspected late.
-                wake = wake.min(now + config.suspect_after / 4);
+                wake = wake.min(now + base / 4);
             }
             tokio::time::sleep_until(wake).await;
             continue;
@@ -672,7 +799,7 @@ pub(crate) async fn watch(
         if !budget.try_spend(now, data_frames) {
             // No probe allowed until the server sends something: leave the
             // endpoint pickable rather than exclude it on a guess.
-            tokio::time::sleep(config.suspect_after).await;
+            tokio::time::sleep(base).await;
             continue;
         }
         seq = (seq + 1) & 0xff_ffff;
@@ -685,8 +812,9 @@ pub(crate) async fn watch(
             in_flight: outstanding,
         });
         let sent = Instant::now();
+        let deadline = config.probe_deadline(rtt);
         link.request_ping(seq);
-        let answer = tokio::time::timeout(config.probe_timeout, async {
+        let answer = tokio::time::timeout(deadline, async {
             loop {
                 let notified = link.acked.notified();
                 if link.ping_acked.load(Ordering::Acquire) == seq {
@@ -700,14 +828,13 @@ pub(crate) async fn watch(
             Ok(()) => {
                 answered += 1;
                 data_at_answer = link.data_frames.load(Ordering::Relaxed);
-                report(Verdict::Cleared {
-                    rtt: sent.elapsed(),
-                });
+                let took = sent.elapsed();
+                rtt = took.max(rtt - rtt / 4);
+                report(Verdict::Cleared { rtt: took });
             }
             Err(_) => {
                 let reason = format!(
-                    "server frozen: nothing received for {silent_for:.1?} with {outstanding} calls in flight, and no answer to a PING within {:.1?}",
-                    config.probe_timeout
+                    "server frozen: nothing received for {silent_for:.1?} with {outstanding} calls in flight, and no answer to a PING within {deadline:.1?}"
                 );
                 link.kill(reason.clone());
                 return reason;

@@ -128,9 +128,11 @@ fn fast_backoff() -> BackoffConfig {
     }
 }
 
+/// Fixed bounds, so these tests say when things happen.
 const DETECTION: FreezeDetection = FreezeDetection {
     suspect_after: Duration::from_millis(300),
     probe_timeout: Duration::from_millis(300),
+    adaptive: None,
 };
 
 fn status<'a>(all: &'a [EndpointStatus], key: &str) -> &'a EndpointStatus {
@@ -798,10 +800,7 @@ async fn ready_through(addr: SocketAddr, detection: FreezeDetection) -> Balancer
 async fn probes_never_earn_a_grpc_go_too_many_pings() {
     let server = TestServer::start("1");
     let (addr, police) = policed(server.addr).await;
-    let detection = FreezeDetection {
-        suspect_after: Duration::from_millis(30),
-        probe_timeout: Duration::from_secs(2),
-    };
+    let detection = FreezeDetection::fixed(Duration::from_millis(30), Duration::from_secs(2));
     let balancer = ready_through(addr, detection).await;
     let mut client: Client = EchoClient::new(balancer.clone());
     // A call that never ends keeps the connection silent with a call in
@@ -864,4 +863,117 @@ async fn answered_silent_streams_are_not_suspected_but_a_stalled_call_is() {
     assert_eq!(server.connections.load(Ordering::Relaxed), 1);
     slow.abort();
     drop(streams);
+}
+
+/// The default (adaptive) bounds.
+fn adaptive() -> (FreezeDetection, etcdlb_balancer::Adaptive) {
+    let detection = FreezeDetection::default();
+    (detection, detection.adaptive.expect("adaptive by default"))
+}
+
+/// Under load a frozen server is suspected after a multiple of its normal
+/// silence (tens of microseconds to a few milliseconds between its bytes on
+/// loopback), so at the floor, long before the fixed second of before; no
+/// new call goes to it meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_server_is_suspected_within_the_adaptive_bound_and_gets_no_new_calls() {
+    let (detection, bounds) = adaptive();
+    let one = TestServer::start("1");
+    let two = TestServer::start("2");
+    let relay = Freezer::start(two.addr);
+    let balancer = Balancer::builder()
+        .name("adaptive")
+        .backoff(fast_backoff())
+        .build(futures::stream::iter([
+            one.insert(),
+            Change::Insert("2".into(), relay.endpoint("2")),
+        ]));
+    balancer.wait_for_ready(2).await;
+    let mut load = load(&balancer, 8);
+    load.wait_for_calls(500).await;
+    relay.freeze();
+    balancer
+        .wait_until(|all| suspected(status(all, "2")).is_some())
+        .await;
+    let at_suspicion = balancer.endpoints();
+    let silent_for = suspected(status(&at_suspicion, "2")).expect("suspected");
+    assert!(
+        silent_for >= bounds.suspect_floor && silent_for < detection.suspect_after,
+        "suspected after {silent_for:?} of silence: the adaptive bound is {:?} (floor) \
+         here, the ceiling {:?}",
+        bounds.suspect_floor,
+        detection.suspect_after
+    );
+    let picks = status(&at_suspicion, "2").picks;
+    load.wait_for_calls(300).await;
+    assert_eq!(
+        status(&balancer.endpoints(), "2").picks,
+        picks,
+        "no new picks"
+    );
+    relay.thaw();
+    let results = load.results().await;
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    assert!(failed <= 8, "at most the calls in flight on it: {failed}");
+}
+
+/// A GC-like pause — 150 ms, five times — under load: the server may be
+/// suspected and skipped, but its PING is answered within the PING's
+/// timeout, so no call fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_pauses_fail_no_call() {
+    let one = TestServer::start("1");
+    let two = TestServer::start("2");
+    let relay = Freezer::start(two.addr);
+    let balancer = Balancer::builder()
+        .name("pauses")
+        .backoff(fast_backoff())
+        .build(futures::stream::iter([
+            one.insert(),
+            Change::Insert("2".into(), relay.endpoint("2")),
+        ]));
+    balancer.wait_for_ready(2).await;
+    let mut load = load(&balancer, 16);
+    for _ in 0..5 {
+        load.wait_for_calls(200).await;
+        relay.freeze();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        relay.thaw();
+    }
+    load.wait_for_calls(200).await;
+    let results = load.results().await;
+    let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(failed.is_empty(), "{} failed: {failed:?}", failed.len());
+    assert_eq!(
+        status(&balancer.endpoints(), "2").state,
+        ConnectivityState::Ready
+    );
+}
+
+/// Slow is not frozen: a 2 s handler whose HTTP/2 layer answers PINGs is
+/// suspected (it is silent far longer than normal) and cleared, never
+/// declared dead; its call completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_second_handler_that_answers_pings_completes_under_adaptive_detection() {
+    let server = TestServer::start("1");
+    let balancer = Balancer::builder()
+        .name("slow")
+        .build(futures::stream::iter([server.insert()]));
+    balancer.wait_for_ready(1).await;
+    let mut client: Client = EchoClient::new(balancer.clone());
+    client.unary_echo(hi()).await.expect("a fast call first");
+    server.delay_ms.store(2_000, Ordering::Relaxed);
+    let reply = client
+        .unary_echo(hi())
+        .await
+        .expect("the slow call completes");
+    assert_eq!(from(&reply.into_inner().message), "1");
+    let now = status(&balancer.endpoints(), "1").clone();
+    assert!(now.probes >= 1, "it was suspected and probed: {now:?}");
+    assert_eq!((now.state, now.failures), (ConnectivityState::Ready, 0));
+    assert_eq!(
+        server.connections.load(Ordering::Relaxed),
+        1,
+        "never reconnected"
+    );
 }

@@ -56,7 +56,8 @@
 use std::{fmt, time::Duration};
 
 use balancer::{
-    BackoffConfig, Balancer, Change, ConnectivityState, Endpoint, EndpointConfig, FreezeDetection,
+    Adaptive, BackoffConfig, Balancer, Change, ConnectivityState, Endpoint, EndpointConfig,
+    FreezeDetection,
     TlsConfig,
 };
 use etcd_client::{Channel, Client, ConnectOptions};
@@ -283,18 +284,24 @@ pub async fn connect<E: AsRef<str>>(
         keep_alive_interval: Some(Duration::from_secs(10)),
         keep_alive_timeout: Duration::from_secs(5),
         tls,
-        // Freeze detection on: a member silent for 1 s with requests still
-        // waiting for their response headers (SIGSTOP, a stuck disk) gets no
-        // new requests until it answers a PING. Idle watch and
-        // lease-keepalive streams, which etcd answers at once and then
-        // leaves silent while nothing changes, do not make a member suspect.
-        // The PING may take 5 s (the keepalive's timeout) before the
-        // connection is given up: a busy member on a loaded host answered
-        // after up to 1.8 s in a 1 000-watcher run, and ending its
-        // connection would fail every request on it.
+        // Freeze detection on, adaptive with the etcd channel's own bounds:
+        // a member silent with requests still waiting for their response
+        // headers (SIGSTOP, a stuck disk) for 10 times its normal silence,
+        // between 250 ms and 1 s, gets no new requests until it answers a
+        // PING. Idle watch and lease-keepalive streams, which etcd answers
+        // at once and then leaves silent while nothing changes, do not make
+        // a member suspect. The PING may take 2 to 5 s (the keepalive's
+        // timeout) before the connection is given up: a busy member on a
+        // loaded host answered after up to 1.8 s in a 1 000-watcher run,
+        // and ending its connection would fail every request on it.
         freeze_detection: Some(FreezeDetection {
             suspect_after: Duration::from_secs(1),
             probe_timeout: Duration::from_secs(5),
+            adaptive: Some(Adaptive {
+                suspect_floor: Duration::from_millis(250),
+                probe_floor: Duration::from_secs(2),
+                ..Adaptive::default()
+            }),
         }),
         ..EndpointConfig::default()
     };
