@@ -121,7 +121,7 @@ func parse(fs *flag.FlagSet, args []string) {
 
 func main() {
 	if len(os.Args) < 2 {
-		usage("missing mode: go-peer server|client|load|list [flags] (see interop/go/README.md)")
+		usage("missing mode: go-peer server|client|load|list|watchers [flags] (see interop/go/README.md)")
 	}
 	mode, args := os.Args[1], os.Args[2:]
 	switch mode {
@@ -133,8 +133,10 @@ func main() {
 		runClient(args, true)
 	case "list":
 		runList(args)
+	case "watchers":
+		runWatchers(args)
 	default:
-		usage("unknown mode %q: expected server, client, load or list", mode)
+		usage("unknown mode %q: expected server, client, load, list or watchers", mode)
 	}
 }
 
@@ -146,3 +148,7 @@ func newEtcdClient(urls []string) (*clientv3.Client, error) {
 	}
 	return clientv3.New(clientv3.Config{Endpoints: urls, DialTimeout: 5 * time.Second})
 }
+
+// clientv3WithPrefix is clientv3.WithPrefix, for the callers that import no
+// clientv3 themselves.
+func clientv3WithPrefix() clientv3.OpOption { return clientv3.WithPrefix() }

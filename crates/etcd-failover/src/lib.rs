@@ -57,8 +57,7 @@ use std::{fmt, time::Duration};
 
 use balancer::{
     Adaptive, BackoffConfig, Balancer, Change, ConnectivityState, Endpoint, EndpointConfig,
-    FreezeDetection,
-    TlsConfig,
+    FreezeDetection, TlsConfig,
 };
 use etcd_client::{Channel, Client, ConnectOptions};
 use etcd_security::EtcdTls;
