@@ -17,7 +17,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-pub use etcd_provision::{Cluster, EtcdProcess};
+pub use etcd_provision::{Cluster, EtcdProcess, GrpcProxy};
 
 pub mod go;
 pub mod pki;

@@ -9,5 +9,6 @@ mod health_probe;
 mod interop;
 mod metrics;
 mod policies;
+mod proxy;
 mod security;
 mod server;

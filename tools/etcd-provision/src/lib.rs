@@ -34,8 +34,10 @@
 //! restart of one member and [`Cluster::leader`].
 
 mod cluster;
+mod proxy;
 
 pub use cluster::{Cluster, MemberStatus, member_status};
+pub use proxy::GrpcProxy;
 
 use std::{
     env, fmt,
