@@ -25,6 +25,13 @@ pub(crate) const PUBLISHED: [&str; 11] = [
 /// `cargo package` of [`PUBLISHED`], each verified (built from its packaged
 /// sources, its workspace dependencies taken from the packages just made).
 pub(crate) fn package(protoc: &Path) -> Result<()> {
+    // Packages of an earlier run have the same versions: cargo would verify
+    // against what it unpacked then, not against what it packs now.
+    let old = workspace_root().join("target/package");
+    if old.exists() {
+        std::fs::remove_dir_all(&old)
+            .map_err(|e| format!("cannot remove the old packages in {}: {e}", old.display()))?;
+    }
     eprintln!(
         "xtask: cargo package (verified) of {}",
         PUBLISHED.join(", ")
