@@ -32,6 +32,10 @@ pub(crate) fn package(protoc: &Path) -> Result<()> {
         std::fs::remove_dir_all(&old)
             .map_err(|e| format!("cannot remove the old packages in {}: {e}", old.display()))?;
     }
+    // Cargo also keeps what it unpacked from that local registry under
+    // $CARGO_HOME/registry/{src,cache}/<its id>/ and reuses it for the same
+    // version: remove our crates there (they are on no real registry).
+    forget_unpacked_packages();
     eprintln!(
         "xtask: cargo package (verified) of {}",
         PUBLISHED.join(", ")
@@ -49,6 +53,34 @@ pub(crate) fn package(protoc: &Path) -> Result<()> {
         return Err(format!("cargo package failed ({status}): the packages are above").into());
     }
     Ok(())
+}
+
+/// Removes `etcdlb*` sources and archives under `$CARGO_HOME/registry`.
+fn forget_unpacked_packages() {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cargo")));
+    let Some(home) = home else { return };
+    for kind in ["src", "cache"] {
+        let Ok(registries) = std::fs::read_dir(home.join("registry").join(kind)) else {
+            continue;
+        };
+        for registry in registries.flatten() {
+            let Ok(entries) = std::fs::read_dir(registry.path()) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with("etcdlb") {
+                    let path = entry.path();
+                    let _ = if path.is_dir() {
+                        std::fs::remove_dir_all(&path)
+                    } else {
+                        std::fs::remove_file(&path)
+                    };
+                }
+            }
+        }
+    }
 }
 
 /// Builds `tests/outside-project` against the packages [`package`] left in
