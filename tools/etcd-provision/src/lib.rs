@@ -449,6 +449,20 @@ pub fn etcd_binary(version: &str) -> Result<PathBuf, Error> {
     }
 }
 
+/// A command running `bin` without our `ETCD_*` settings in its
+/// environment: etcd reads every `ETCD_<FLAG>` variable as a flag, so
+/// `ETCD_VERSION=3.4` would make etcd 3.4 refuse to start ("invalid value
+/// for ETCD_VERSION"), and `ETCD_ENDPOINTS` is no flag of the server.
+pub fn etcd_command(bin: &Path) -> Command {
+    let mut cmd = Command::new(bin);
+    for (name, _) in env::vars_os() {
+        if name.to_string_lossy().starts_with("ETCD_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
 /// `CARGO_TARGET_DIR`, else the workspace's `target/`.
 fn target_dir() -> PathBuf {
     env::var_os("CARGO_TARGET_DIR")
@@ -619,7 +633,7 @@ impl MemberSpec<'_> {
         let log2 = log.try_clone().map_err(cannot_open)?;
         let client = format!("http://127.0.0.1:{}", self.client_port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let mut cmd = Command::new(bin);
+        let mut cmd = etcd_command(bin);
         cmd.arg("--name")
             .arg(self.name)
             .arg("--data-dir")

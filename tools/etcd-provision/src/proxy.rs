@@ -4,7 +4,7 @@
 use std::{
     fs::File,
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
@@ -37,7 +37,7 @@ impl GrpcProxy {
             .iter()
             .map(|m| m.trim_start_matches("http://"))
             .collect();
-        let child = Command::new(bin)
+        let child = crate::etcd_command(bin)
             .args(["grpc-proxy", "start"])
             .arg(format!("--endpoints={}", members.join(",")))
             .arg(format!("--listen-addr=127.0.0.1:{port}"))
