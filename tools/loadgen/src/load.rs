@@ -406,6 +406,8 @@ pub async fn run(config: Config) -> Result<Value, String> {
     if let Some(b) = balancer {
         result["ready_endpoints"] = json!(b.ready_count());
         result["retries"] = json!(b.stats().retries);
+        // Freeze-detection PINGs sent over the whole run.
+        result["probes"] = json!(b.endpoints().iter().map(|e| e.probes).sum::<u64>());
     }
     Ok(result)
 }

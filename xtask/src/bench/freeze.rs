@@ -1,10 +1,13 @@
-//! The freeze section (issue 15): three `echo-server`s under closed-loop
-//! C=16 load from our balancer (round robin, default freeze detection), one
-//! of them SIGSTOPped for 5 s. Measures goodput during the freeze against
-//! the seconds before it, the time from SIGSTOP to the client leaving the
-//! server out of its picks (loadgen's `avoided` event), and the calls that
-//! failed. Then the happy-path cost of detection: rps at C=32 with freeze
-//! detection and outlier ejection on vs off, alternating, same servers.
+//! The freeze section (issues 15, 25): three `echo-server`s under
+//! closed-loop C=16 load from our balancer (round robin, default adaptive
+//! freeze detection), one of them SIGSTOPped for 5 s. Measures goodput
+//! during the freeze against the seconds before it, the time from SIGSTOP
+//! to the client leaving the server out of its picks (loadgen's `avoided`
+//! event), and the calls that failed. Then that detection time over more
+//! trials (a fresh client each, SIGSTOP 1 s), for its p99. Then the
+//! happy-path cost of detection: rps at C=32 and C=128 with freeze
+//! detection and outlier ejection on vs off, alternating, same servers,
+//! and the PINGs detection sent per minute of healthy load.
 //!
 //! `cargo xtask bench --only freeze` runs this section alone; its results
 //! are `grey` in `target/bench/results.json`.
@@ -130,66 +133,140 @@ pub(super) fn run(bench: &mut Bench<'_>, plan: &Plan) -> Result<Value> {
         "per_instance": result["per_instance"],
     });
 
-    // Happy path: detection on vs off, alternating so drift hits both.
-    let rounds = if plan.quick { 2 } else { 4 };
-    let mut rps = json!({"on": [], "off": []});
-    for round in 0..rounds {
-        for on in if round % 2 == 0 {
-            [true, false]
-        } else {
-            [false, true]
-        } {
-            bench.check_interrupt()?;
-            let mut args: Vec<String> = [
-                "run",
-                "--mode",
-                "balancer",
-                "--concurrency",
-                "32",
-                "--warmup",
-                &format!("{}ms", plan.warmup.as_millis()),
-                "--duration",
-                &format!("{}ms", plan.window.as_millis()),
-            ]
-            .map(String::from)
-            .to_vec();
-            if !on {
-                args.push("--no-grey-detection".into());
-            }
-            args.extend(list.iter().cloned());
-            let side = if on { "on" } else { "off" };
-            eprintln!(
-                "xtask bench: freeze detection {side}, C=32 (round {})",
-                round + 1
-            );
-            let lg = bench.loadgen(&format!("loadgen-grey-{side}-r{round}"), &args)?;
-            let r = bench.result(lg, plan.warmup + plan.window + Duration::from_secs(60))?;
-            if let Some(a) = rps[side].as_array_mut() {
-                a.push(r["rps"].clone());
+    // Detection time over more trials: a fresh client each (it reports a
+    // server left out once), the server stopped for 1 s.
+    let trials = if plan.quick { 5 } else { 10 };
+    let mut detection_ms = Vec::new();
+    let mut trial_failed = 0u64;
+    for trial in 0..trials {
+        bench.check_interrupt()?;
+        let mut args: Vec<String> = [
+            "run",
+            "--mode",
+            "balancer",
+            "--concurrency",
+            "16",
+            "--warmup",
+            "0s",
+            "--duration",
+            "2500ms",
+            "--events",
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(list.iter().cloned());
+        let lg = bench.loadgen(&format!("loadgen-detect-{trial}"), &args)?;
+        bench.procs[lg].expect(Duration::from_secs(30), "start", |l| {
+            l.contains("\"started\"")
+        })?;
+        thread::sleep(Duration::from_millis(800));
+        let t_stop = kill("-STOP", pid);
+        let avoided = bench.procs[lg].expect(Duration::from_secs(1), "avoided event", |l| {
+            l.contains("\"avoided\"") && l.contains(&format!("\"id\":\"{frozen_id}\""))
+        });
+        thread::sleep(
+            Duration::from_secs(1).saturating_sub(Duration::from_micros(unix_us() - t_stop)),
+        );
+        kill("-CONT", pid);
+        if let Ok((_, line)) = avoided {
+            let event: Value = serde_json::from_str(&line)?;
+            if let Some(t) = event["t_us"].as_u64() {
+                detection_ms.push((ms(t, t_stop) * 10.0).round() / 10.0);
             }
         }
+        let r = bench.result(lg, Duration::from_secs(60))?;
+        trial_failed += r["total_errors"].as_u64().unwrap_or(0);
+    }
+    let mut sorted = detection_ms.clone();
+    sorted.sort_by(f64::total_cmp);
+    let detection = json!({
+        "trials": trials,
+        "detected": sorted.len(),
+        "ms": detection_ms,
+        "p50_ms": sorted.get(sorted.len() / 2),
+        // With 5 or 10 trials, the p99 is the largest.
+        "p99_ms": sorted.last(),
+        "failed_calls": trial_failed,
+    });
+
+    // Happy path: detection on vs off, alternating so drift hits both, at
+    // C=32 and C=128.
+    let rounds = if plan.quick { 2 } else { 4 };
+    let mut happy = serde_json::Map::new();
+    for concurrency in [32u32, 128] {
+        let mut rps = json!({"on": [], "off": []});
+        let mut probes = 0u64;
+        let mut on_seconds = 0.0;
+        for round in 0..rounds {
+            for on in if round % 2 == 0 {
+                [true, false]
+            } else {
+                [false, true]
+            } {
+                bench.check_interrupt()?;
+                let mut args: Vec<String> = [
+                    "run",
+                    "--mode",
+                    "balancer",
+                    "--concurrency",
+                    &concurrency.to_string(),
+                    "--warmup",
+                    &format!("{}ms", plan.warmup.as_millis()),
+                    "--duration",
+                    &format!("{}ms", plan.window.as_millis()),
+                ]
+                .map(String::from)
+                .to_vec();
+                if !on {
+                    args.push("--no-grey-detection".into());
+                }
+                args.extend(list.iter().cloned());
+                let side = if on { "on" } else { "off" };
+                eprintln!(
+                    "xtask bench: freeze detection {side}, C={concurrency} (round {})",
+                    round + 1
+                );
+                let lg = bench.loadgen(
+                    &format!("loadgen-grey-{side}-c{concurrency}-r{round}"),
+                    &args,
+                )?;
+                let r = bench.result(lg, plan.warmup + plan.window + Duration::from_secs(60))?;
+                if let Some(a) = rps[side].as_array_mut() {
+                    a.push(r["rps"].clone());
+                }
+                if on {
+                    probes += r["probes"].as_u64().unwrap_or(0);
+                    on_seconds += (plan.warmup + plan.window).as_secs_f64();
+                }
+            }
+        }
+        let mean_rps = |side: &str| {
+            mean(
+                rps[side]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_f64),
+            )
+        };
+        happy.insert(
+        format!("c{concurrency}"),
+        json!({
+            "rps_on": rps["on"],
+            "rps_off": rps["off"],
+            "ratio": ratio3(mean_rps("on"), mean_rps("off")),
+            "pings_per_minute": (probes as f64 / on_seconds.max(1.0) * 60.0 * 10.0).round() / 10.0,
+        }),
+    );
     }
     for (i, _, _) in &servers {
         bench.stop(*i);
     }
-    let mean_rps = |side: &str| {
-        mean(
-            rps[side]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_f64),
-        )
-    };
-    let happy = ratio3(mean_rps("on"), mean_rps("off"));
+    happy.insert("pinned".into(), json!(bench.pin));
     Ok(json!({
         "freeze": freeze,
-        "happy_path": {
-            "pinned": bench.pin,
-            "rps_on": rps["on"],
-            "rps_off": rps["off"],
-            "ratio": happy,
-        },
+        "detection": detection,
+        "happy_path": happy,
     }))
 }
 
@@ -202,27 +279,44 @@ pub(super) fn results(d: &Value) -> Value {
         "goodput_ratio": d["freeze"]["goodput_ratio"],
         "suspect_ms": d["freeze"]["suspect_ms"],
         "failed": d["freeze"]["failed"],
-        "happy_path_ratio": d["happy_path"]["ratio"],
+        "detection_p99_ms": d["detection"]["p99_ms"],
+        "happy_path_ratio_c32": d["happy_path"]["c32"]["ratio"],
+        "happy_path_ratio_c128": d["happy_path"]["c128"]["ratio"],
+        "pings_per_minute_c128": d["happy_path"]["c128"]["pings_per_minute"],
     })
 }
 
 pub(super) fn print(d: &Value) {
     let f = &d["freeze"];
+    let t = &d["detection"];
     let h = &d["happy_path"];
-    println!("\n## Grey failures (3 servers, one SIGSTOPped for 5 s, C=16 closed loop)");
+    println!(
+        "\n## Grey failures (3 servers, one SIGSTOPped, C=16 closed loop, adaptive detection)"
+    );
     println!("| measure | value |");
     println!("|---|---|");
     println!(
-        "| goodput during the freeze / the 3 s before | {} ({} rps / {} rps) |",
+        "| goodput during a 5 s freeze / the 3 s before | {} ({} rps / {} rps) |",
         f["goodput_ratio"], f["during_rps"], f["before_rps"]
     );
     println!(
-        "| SIGSTOP → left out of the picks | {} ms ({}) |",
+        "| SIGSTOP → left out of the picks, 5 s freeze | {} ms ({}) |",
         f["suspect_ms"], f["why"]
     );
-    println!("| failed calls | {} |", f["failed"]);
+    println!("| failed calls, 5 s freeze | {} |", f["failed"]);
     println!(
-        "| happy path C=32, detection on / off | {} (on {} rps, off {} rps; pinned: {}) |",
-        h["ratio"], h["rps_on"], h["rps_off"], h["pinned"]
+        "| SIGSTOP → left out of the picks, {} trials of 1 s | p50 {} ms, p99 (max) {} ms, all {} ({} detected; {} calls failed) |",
+        t["trials"], t["p50_ms"], t["p99_ms"], t["ms"], t["detected"], t["failed_calls"]
     );
+    for c in ["c32", "c128"] {
+        println!(
+            "| happy path {}, detection on / off | {} (on {} rps, off {} rps; pinned: {}); PINGs per minute {} |",
+            c.to_uppercase().replace('C', "C="),
+            h[c]["ratio"],
+            h[c]["rps_on"],
+            h[c]["rps_off"],
+            h["pinned"],
+            h[c]["pings_per_minute"]
+        );
+    }
 }
