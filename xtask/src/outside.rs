@@ -8,14 +8,13 @@ use crate::{Result, cargo, workspace_root};
 
 /// The crates users link, dependencies first (the order `cargo package`
 /// needs no registry for: each one's dependencies are packaged before it).
-pub(crate) const PUBLISHED: [&str; 11] = [
+pub(crate) const PUBLISHED: [&str; 10] = [
     "etcdlb-backoff",
     "etcdlb-discover",
     "etcdlb-write-coalesce",
     "etcdlb-authority-fix",
     "etcdlb-balancer",
-    "etcdlb-etcd-security",
-    "etcdlb-etcd-failover",
+    "etcdlb-etcd",
     "etcdlb-registry",
     "etcdlb-resolver",
     "etcdlb-serve",

@@ -89,12 +89,13 @@
 //! `etcdlb-balancer` (the tower `Service`; knows nothing of etcd),
 //! `etcdlb-resolver` (etcd prefix → changes), `etcdlb-registry` (lease,
 //! put, keepalive), `etcdlb-serve` (the server lifecycle),
-//! `etcdlb-etcd-failover` and `etcdlb-etcd-security` (talking to etcd's
-//! members), `etcdlb-backoff`, `etcdlb-authority-fix`,
+//! `etcdlb-etcd` (everything that talks to etcd: `EtcdConfig`, member
+//! failover, error classification, the key and value formats),
+//! `etcdlb-backoff`, `etcdlb-authority-fix`,
 //! `etcdlb-write-coalesce`.
 
 pub use discover::{Change, Endpoint, InvalidAddress};
-pub use etcd_security::{
+pub use etcd::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_ETCD_ENDPOINT, DEFAULT_REQUEST_TIMEOUT, EtcdAuth, EtcdConfig,
     EtcdTls,
 };

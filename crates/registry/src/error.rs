@@ -59,12 +59,12 @@ impl Error {
 
     /// Wraps an etcd-client error that happened while `doing` something.
     pub(crate) fn etcd(doing: &str, e: &etcd_client::Error) -> Self {
-        let kind = if is_transient(e) {
+        let kind = if etcd::is_transient(e) {
             ErrorKind::Unavailable
         } else {
             ErrorKind::Etcd
         };
-        Self::new(kind, format!("{doing}: {}", etcd_security::describe(e)))
+        Self::new(kind, format!("{doing}: {}", etcd::describe(e)))
     }
 
     pub(crate) fn timeout(doing: &str, after: Duration) -> Self {
@@ -91,34 +91,3 @@ impl fmt::Debug for Error {
 }
 
 impl std::error::Error for Error {}
-
-/// Whether retrying may help: connection problems and timeouts, as opposed to
-/// a request etcd understood and refused.
-pub(crate) fn is_transient(e: &etcd_client::Error) -> bool {
-    use tonic::Code;
-    match e {
-        etcd_client::Error::GRpcStatus(s) => !matches!(
-            s.code(),
-            Code::PermissionDenied
-                | Code::Unauthenticated
-                | Code::InvalidArgument
-                | Code::FailedPrecondition
-                | Code::Unimplemented
-        ),
-        etcd_client::Error::InvalidArgs(_)
-        | etcd_client::Error::InvalidUri(_)
-        | etcd_client::Error::EndpointError(_) => false,
-        _ => true,
-    }
-}
-
-/// Whether etcd said the lease does not exist (expired or revoked).
-pub(crate) fn is_lease_not_found(e: &etcd_client::Error) -> bool {
-    match e {
-        etcd_client::Error::GRpcStatus(s) => {
-            s.code() == tonic::Code::NotFound || s.message().contains("lease not found")
-        }
-        etcd_client::Error::LeaseKeepAliveError(m) => m.contains("lease not found"),
-        _ => false,
-    }
-}

@@ -24,14 +24,14 @@
 //! that says which setting to fix; the password is never logged.
 //!
 //! Several etcd members (a cluster): requests go only to members that are
-//! up, through `etcd-failover`. A keepalive or watch stream broken by a
+//! up, through the `etcd` crate. A keepalive or watch stream broken by a
 //! member's death, or by a member that lost its leader (require-leader),
 //! is re-opened at once on another member, on the same lease, so the key
 //! never goes missing; deregistration retries across members until it
 //! succeeds or the [request timeout](Registration::request_timeout) is spent.
 //!
 //! Must not depend on the resolver, nor on the balancer except through
-//! `etcd-failover` (its channel to etcd's members).
+//! the `etcd` crate (its channel to etcd's members).
 //!
 //! # Example
 //!
@@ -76,15 +76,14 @@
 //! # }
 //! ```
 
-mod endpoint;
 mod error;
 mod registered;
 mod registration;
 mod task;
 
-pub use endpoint::encode as encode_value;
 pub use error::{Error, ErrorKind};
-pub use etcd_security::{EtcdConfig, EtcdTls};
+pub use etcd::encode_value;
+pub use etcd::{EtcdConfig, EtcdTls};
 pub use registered::{Registered, State};
 pub use registration::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_ETCD_ENDPOINT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_TTL, MIN_TTL,

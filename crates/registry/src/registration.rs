@@ -2,22 +2,22 @@
 
 use std::{fmt, time::Duration};
 
+use etcd::{self as security, EtcdAuth, EtcdConfig, EtcdTls};
 use etcd_client::{Client, ConnectOptions};
-use etcd_security::{self as security, EtcdAuth, EtcdConfig, EtcdTls};
 use serde_json::Value;
 
 use crate::{Error, Registered, task};
 
 /// Default etcd endpoint, the same as the seed's and `etcdctl`'s.
-pub use etcd_security::DEFAULT_ETCD_ENDPOINT;
+pub use etcd::DEFAULT_ETCD_ENDPOINT;
 /// Default lease TTL: 60 s, like the Go seed.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
 /// Smallest accepted lease TTL.
 pub const MIN_TTL: Duration = Duration::from_secs(2);
 /// How long the first registration tries: [`EtcdConfig`]'s default.
-pub use etcd_security::DEFAULT_CONNECT_TIMEOUT;
+pub use etcd::DEFAULT_CONNECT_TIMEOUT;
 /// The limit of each etcd request: [`EtcdConfig`]'s default.
-pub use etcd_security::DEFAULT_REQUEST_TIMEOUT;
+pub use etcd::DEFAULT_REQUEST_TIMEOUT;
 
 /// Describes what to register and how; [`register`](Registration::register)
 /// makes it happen.
@@ -239,7 +239,7 @@ impl Registration {
 
     /// The etcd key this registration writes: `<prefix>/<address>`.
     pub fn key(&self) -> String {
-        format!("{}/{}", self.prefix, self.address)
+        etcd::endpoint_key(&self.prefix, &self.address)
     }
 
     /// Grants a lease, puts the key with it and starts keeping it alive in

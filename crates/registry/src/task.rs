@@ -4,13 +4,13 @@
 use std::time::Duration;
 
 use backoff::Backoff;
+use etcd::Members;
+use etcd::{EtcdTls, Secured, describe, diagnose};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, LeaseKeepAliveResponse,
     LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp, WatchOptions, WatchResponse,
     WatchStream,
 };
-use etcd_failover::Members;
-use etcd_security::{EtcdTls, Secured, describe, diagnose};
 use serde_json::Value;
 use tokio::{
     sync::{mpsc, oneshot, watch},
@@ -18,11 +18,7 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
-use crate::{
-    Error, ErrorKind, Registered, State, endpoint,
-    error::{is_lease_not_found, is_transient},
-    registration::Config,
-};
+use crate::{Error, ErrorKind, Registered, State, registration::Config};
 
 /// A session that lived less than this and was lost again counts as a flap:
 /// the next re-registration waits (with growing backoff) instead of retrying
@@ -57,7 +53,7 @@ pub(crate) async fn register(
     let deadline = started + config.connect_timeout;
     let at = endpoints.map(|e| format!(" at {e}")).unwrap_or_default();
     let doing = format!("cannot register {} in etcd{at}", config.key);
-    let value = endpoint::encode(&config.address, &config.metadata);
+    let value = etcd::encode_value(&config.address, &config.metadata);
     let backoff = Backoff::ETCD;
     let mut members: Option<Members> = None;
     let mut client = match &connect {
@@ -77,7 +73,7 @@ pub(crate) async fn register(
                         options,
                         tls,
                     },
-                ) => etcd_failover::connect(
+                ) => etcd::connect(
                     endpoints,
                     tls.as_ref(),
                     options.as_deref().cloned(),
@@ -117,7 +113,7 @@ pub(crate) async fn register(
                     format!("{doing}: {text}: {hint}"),
                 ));
             }
-            Ok(Err((connecting, e))) if !is_transient(&e) => {
+            Ok(Err((connecting, e))) if !etcd::is_transient(&e) => {
                 return Err(if connecting {
                     Error::invalid(format!("{doing}: invalid endpoint: {}", describe(&e)))
                 } else {
@@ -138,8 +134,7 @@ pub(crate) async fn register(
         attempt += 1;
         // As in `reconnect`: a member connected again ends the wait at once.
         let no_member_ready = members.as_ref().and_then(Members::ready) == Some(0);
-        let back =
-            etcd_failover::retry_wait(members.as_ref(), wake.min(deadline), no_member_ready).await;
+        let back = etcd::retry_wait(members.as_ref(), wake.min(deadline), no_member_ready).await;
         if !back && wake >= deadline {
             // No time for another attempt: report at the deadline, as promised.
             break;
@@ -395,7 +390,7 @@ impl Task {
     }
 
     fn set_metadata(&mut self, metadata: Value) {
-        self.value = endpoint::encode(&self.address, &metadata);
+        self.value = etcd::encode_value(&self.address, &metadata);
         self.metadata = metadata;
     }
 
@@ -511,7 +506,7 @@ impl Task {
                         );
                         broken = None;
                     }
-                    Err(e) if is_lease_not_found(&e) => {
+                    Err(e) if etcd::is_lease_not_found(&e) => {
                         return End::Lost(format!("lease {} is gone", s.lease));
                     }
                     Err(e) => {
@@ -591,7 +586,7 @@ impl Task {
                 info!(key = %self.key, lease = s.lease, "key restored");
                 None
             }
-            Ok(Err(e)) if is_lease_not_found(&e) => Some(End::Lost(format!(
+            Ok(Err(e)) if etcd::is_lease_not_found(&e) => Some(End::Lost(format!(
                 "key {what} and lease {} is gone",
                 s.lease
             ))),
@@ -687,7 +682,7 @@ impl Task {
                             )));
                         }
                     },
-                    back = etcd_failover::retry_wait(members.as_ref(), wake, no_member_ready) => {
+                    back = etcd::retry_wait(members.as_ref(), wake, no_member_ready) => {
                         if back {
                             debug!(key = %self.key, members = %self.describe_members(), "an etcd member is ready again; re-registering now");
                         }
@@ -756,7 +751,7 @@ impl Task {
                     deleted = true;
                 }
                 match self.client.lease_revoke(lease).await {
-                    Err(e) if !is_lease_not_found(&e) => Err(e),
+                    Err(e) if !etcd::is_lease_not_found(&e) => Err(e),
                     _ => Ok(()),
                 }
             })
@@ -771,7 +766,7 @@ impl Task {
                 Ok(Err(e)) => e,
                 Err(_) => return Err(Error::timeout(&doing, self.request_timeout)),
             };
-            if !is_transient(&e) {
+            if !etcd::is_transient(&e) {
                 return Err(Error::etcd(&doing, &e));
             }
             attempt += 1;

@@ -3,14 +3,14 @@
 
 use std::{fmt, time::Duration};
 
+use etcd::{self as security, EtcdAuth, EtcdConfig, EtcdTls, Secured, describe, diagnose};
 use etcd_client::{ConnectOptions, GetOptions};
-use etcd_security::{self as security, EtcdAuth, EtcdConfig, EtcdTls, Secured, describe, diagnose};
 use tokio::time::{Instant, sleep, timeout, timeout_at};
 use tracing::warn;
 
 use crate::Resolver;
 
-pub use etcd_security::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_ETCD_ENDPOINT};
+pub use etcd::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_ETCD_ENDPOINT};
 
 /// Connects a [`Resolver`] to etcd; made by [`Resolver::builder`].
 ///
@@ -177,7 +177,7 @@ impl ResolverBuilder {
             self.endpoints.join(",")
         );
         let deadline = Instant::now() + self.connect_timeout;
-        let connect = etcd_failover::connect(
+        let connect = etcd::connect(
             &self.endpoints,
             self.tls.as_ref(),
             Some(options),

@@ -4,7 +4,7 @@
 //! (by the `registry` crate, or by Go's `endpoints.Manager`) and tell a
 //! consumer (the `balancer`) what changed, as [`discover::Change`]s. It must
 //! not depend on the registry, nor on the balancer except through
-//! `etcd-failover` (its channel to etcd's members).
+//! the `etcd` crate (its channel to etcd's members).
 //!
 //! How: list the prefix at a revision R (paginated, every page at R), emit an
 //! `Insert` per endpoint, then watch from R + 1. Values are decoded by
@@ -19,7 +19,7 @@
 //! duration; an outage is logged once, and [`Resolution::health`] tells it.
 //!
 //! With several etcd members (a cluster), requests go only to members that
-//! are up (through `etcd-failover`), and a watch broken by a member's death
+//! are up (through the `etcd` crate), and a watch broken by a member's death
 //! or loss of leader (require-leader) is re-opened at once on another member
 //! from the last revision seen, losing no event and listing nothing.
 //!
@@ -48,9 +48,8 @@
 mod builder;
 mod resolution;
 mod resolver;
-mod value;
 
-pub use etcd_security::{EtcdConfig, EtcdTls};
+pub use etcd::{DecodeError, Decoded, Entry, EtcdConfig, EtcdTls, decode_value};
 
 pub use backoff::Backoff;
 
@@ -61,7 +60,6 @@ pub use crate::{
     },
     resolution::{Health, LAG_LIMIT, Resolution},
     resolver::Resolver,
-    value::{DecodeError, Decoded, Entry, decode_value},
 };
 
 #[cfg(test)]

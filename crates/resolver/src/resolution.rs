@@ -25,7 +25,7 @@ use discover::Change;
 use futures::Stream;
 use tokio::{sync::watch, task::AbortHandle};
 
-use crate::value::Entry;
+use etcd::Entry;
 
 /// How many changed keys a consumer may have pending, beyond the size of
 /// the set, before its queue is dropped and it is resynchronised from the
@@ -394,7 +394,7 @@ impl Drop for Resolution {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::value::{Decoded, decode_value};
+    use etcd::{Decoded, decode_value};
     use futures::{FutureExt, StreamExt};
 
     fn entry(addr: &str, id: &str) -> Entry {

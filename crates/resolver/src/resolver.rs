@@ -7,18 +7,17 @@ use std::{
     time::Duration,
 };
 
+use etcd::Members;
+use etcd::{Decoded, Entry, Secured, decode_value, describe, diagnose, key_prefix, shorten};
 use etcd_client::{
     Client, ConnectOptions, EventType, GetOptions, KeyValue, WatchOptions, WatchStream,
 };
-use etcd_failover::Members;
-use etcd_security::{Secured, describe, diagnose};
 use tokio::time::{Instant, timeout};
 use tracing::{Instrument, debug, info, warn};
 
 use crate::{
     Backoff,
     resolution::{Feed, Health, Resolution, Shared},
-    value::{Decoded, Entry, decode_value, shorten},
 };
 
 #[cfg(test)]
@@ -145,7 +144,7 @@ impl Resolver {
                 .with_connect_timeout(Duration::from_secs(2))
         });
         let connected =
-            etcd_failover::connect(endpoints, None, Some(options), Duration::from_secs(2)).await?;
+            etcd::connect(endpoints, None, Some(options), Duration::from_secs(2)).await?;
         let mut resolver = Self::new(connected.client, prefix);
         resolver.members = Some(connected.members);
         Ok(resolver)
@@ -302,7 +301,7 @@ impl Resolver {
                     let no_member_ready = self.members.as_ref().and_then(Members::ready) == Some(0);
                     let wake = Instant::now() + delay;
                     let members = self.members.as_ref();
-                    if etcd_failover::retry_wait(members, wake, no_member_ready).await {
+                    if etcd::retry_wait(members, wake, no_member_ready).await {
                         debug!("an etcd member is ready again; listing now");
                     }
                 }
@@ -517,11 +516,6 @@ fn cancel_reason(resp: &etcd_client::WatchResponse) -> String {
     } else {
         format!("watch canceled by etcd: {:?}", resp.cancel_reason())
     }
-}
-
-/// `<prefix>/` for a prefix given with or without trailing slashes.
-fn key_prefix(prefix: &str) -> String {
-    format!("{}/", prefix.trim_end_matches('/'))
 }
 
 /// The first key after every key starting with `prefix`.

@@ -21,7 +21,7 @@ use resolver::{Health, Resolution, Resolver};
 
 /// A client of the cluster that fails over like the registry's.
 async fn failover_client(endpoints: &[String]) -> Client {
-    etcd_failover::connect(endpoints, None, None, Duration::from_secs(2))
+    etcd::connect(endpoints, None, None, Duration::from_secs(2))
         .await
         .expect("connect to the cluster")
         .client

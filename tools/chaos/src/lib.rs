@@ -350,7 +350,7 @@ impl Harness {
             ..Report::default()
         };
         self.etcd_client = Some(
-            etcd_failover::connect(&self.etcd.endpoints(), None, None, Duration::from_secs(2))
+            etcd::connect(&self.etcd.endpoints(), None, None, Duration::from_secs(2))
                 .await
                 .map_err(|e| err(format!("etcd client: {e}")))?
                 .client,

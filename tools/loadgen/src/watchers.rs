@@ -66,7 +66,7 @@ fn cpu_seconds_self() -> f64 {
 pub async fn run(config: Config) -> Result<Value, String> {
     let prefix = config.prefix.trim_end_matches('/').to_owned();
     let rss_before = crate::load::rss_mib();
-    let connected = etcd_failover::connect(&config.etcd, None, None, Duration::from_secs(2))
+    let connected = etcd::connect(&config.etcd, None, None, Duration::from_secs(2))
         .await
         .map_err(|e| format!("etcd: {e}"))?;
     let client = connected.client.clone();

@@ -10,7 +10,7 @@ use etcd_client::{GetOptions, WatchOptions};
 async fn requests_go_to_live_members_and_errors_name_them() {
     let mut cluster = integration_tests::cluster(3);
     let endpoints = cluster.endpoints();
-    let connected = etcdlb_etcd_failover::connect(&endpoints, None, None, Duration::from_secs(2))
+    let connected = etcdlb_etcd::connect(&endpoints, None, None, Duration::from_secs(2))
         .await
         .expect("connect");
     let mut client = connected.client.clone();
@@ -85,10 +85,9 @@ async fn requests_go_to_live_members_and_errors_name_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_wait_ends_when_a_member_is_back() {
     let mut etcd = integration_tests::private_etcd();
-    let connected =
-        etcdlb_etcd_failover::connect(&[etcd.endpoint()], None, None, Duration::from_secs(2))
-            .await
-            .expect("connect");
+    let connected = etcdlb_etcd::connect(&[etcd.endpoint()], None, None, Duration::from_secs(2))
+        .await
+        .expect("connect");
     let mut client = connected.client.clone();
     client.put("retry_wait", "1", None).await.expect("put");
     let members = connected.members.clone();

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::{EtcdAuth, EtcdTls};
+use crate::security::{EtcdAuth, EtcdTls};
 
 /// The etcd endpoint used when none is given: etcdctl's default.
 pub const DEFAULT_ETCD_ENDPOINT: &str = "http://127.0.0.1:2379";
@@ -28,7 +28,7 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 ///
 /// ```
 /// use std::time::Duration;
-/// use etcdlb_etcd_security::{EtcdConfig, EtcdTls};
+/// use etcdlb_etcd::{EtcdConfig, EtcdTls};
 ///
 /// let etcd = EtcdConfig::new(["https://etcd-1:2379", "https://etcd-2:2379"])
 ///     .tls(EtcdTls::ca_file("ca.pem"))

@@ -45,7 +45,7 @@
 //!
 //! # async fn run() -> Result<(), etcd_client::Error> {
 //! let endpoints = ["http://127.0.0.1:2379", "http://127.0.0.1:22379", "http://127.0.0.1:32379"];
-//! let connected = etcdlb_etcd_failover::connect(&endpoints, None, None, Duration::from_secs(2)).await?;
+//! let connected = etcdlb_etcd::connect(&endpoints, None, None, Duration::from_secs(2)).await?;
 //! let mut client = connected.client;
 //! client.put("k", "v", None).await?;
 //! println!("{}", connected.members.describe());
@@ -55,12 +55,12 @@
 
 use std::{fmt, time::Duration};
 
+use crate::security::EtcdTls;
 use balancer::{
     Adaptive, BackoffConfig, Balancer, Change, ConnectivityState, Endpoint, EndpointConfig,
     FreezeDetection, TlsConfig,
 };
 use etcd_client::{Channel, Client, ConnectOptions};
-use etcd_security::EtcdTls;
 use tonic::Status;
 use tower::{ServiceExt, util::BoxCloneSyncService};
 
@@ -139,7 +139,7 @@ impl Members {
     /// just sleeps until `deadline`.
     ///
     /// ```no_run
-    /// # async fn run(connected: etcdlb_etcd_failover::Connected) {
+    /// # async fn run(connected: etcdlb_etcd::Connected) {
     /// use std::time::Duration;
     /// use tokio::time::Instant;
     ///

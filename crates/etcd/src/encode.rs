@@ -1,4 +1,5 @@
-//! The etcd value, byte-compatible with Go's `endpoints.Manager`.
+//! Writing the etcd value, byte-compatible with Go's `endpoints.Manager`
+//! (its reading is `decode.rs`).
 
 use serde::Serialize;
 use serde_json::Value;
@@ -18,14 +19,13 @@ struct Update<'a> {
 /// The value a registration writes:
 /// `{"Op":0,"Addr":"<addr>","Metadata":<metadata>}`, compact, byte for byte
 /// what Go's `endpoints.Manager.AddEndpoint` writes. The address is not
-/// validated here ([`Registration::register`](crate::Registration::register)
-/// does that).
+/// validated here (the registry's `Registration::register` does that).
 ///
 /// ```
-/// let v = etcdlb_registry::encode_value("127.0.0.1:41234", &serde_json::json!("1"));
+/// let v = etcdlb_etcd::encode_value("127.0.0.1:41234", &serde_json::json!("1"));
 /// assert_eq!(v, br#"{"Op":0,"Addr":"127.0.0.1:41234","Metadata":"1"}"#);
 /// ```
-pub fn encode(addr: &str, metadata: &Value) -> Vec<u8> {
+pub fn encode_value(addr: &str, metadata: &Value) -> Vec<u8> {
     let update = Update {
         op: 0,
         addr,
@@ -41,13 +41,13 @@ mod tests {
 
     #[test]
     fn value_is_byte_identical_to_go_endpoints_manager() {
-        let v = encode("127.0.0.1:41234", &Value::String("1".into()));
+        let v = encode_value("127.0.0.1:41234", &Value::String("1".into()));
         assert_eq!(v, br#"{"Op":0,"Addr":"127.0.0.1:41234","Metadata":"1"}"#);
     }
 
     #[test]
     fn structured_metadata_is_embedded_as_json() {
-        let v = encode("h:1", &serde_json::json!({"id": 7, "zone": "a"}));
+        let v = encode_value("h:1", &serde_json::json!({"id": 7, "zone": "a"}));
         assert_eq!(
             v,
             br#"{"Op":0,"Addr":"h:1","Metadata":{"id":7,"zone":"a"}}"#

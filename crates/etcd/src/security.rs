@@ -7,7 +7,7 @@
 //! `resolver`, which must not depend on each other. Must not depend on either.
 //!
 //! ```
-//! use etcdlb_etcd_security::{EtcdAuth, EtcdTls, connect_options};
+//! use etcdlb_etcd::{EtcdAuth, EtcdTls, connect_options};
 //!
 //! let tls = EtcdTls::ca_pem("-----BEGIN CERTIFICATE-----\nAA\n-----END CERTIFICATE-----\n");
 //! let auth = EtcdAuth::new("game", "secret");
@@ -16,12 +16,6 @@
 //! assert!(options.is_ok());
 //! assert!(!format!("{auth:?}").contains("secret"));
 //! ```
-
-mod config;
-
-pub use config::{
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_ETCD_ENDPOINT, DEFAULT_REQUEST_TIMEOUT, EtcdConfig,
-};
 
 use std::{
     fmt,
@@ -39,7 +33,7 @@ use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
 /// printed by `Debug`.
 ///
 /// ```
-/// # use etcdlb_etcd_security::EtcdTls;
+/// # use etcdlb_etcd::EtcdTls;
 /// let tls = EtcdTls::ca_file("/etc/etcd/ca.pem")
 ///     .client_cert_files("/etc/etcd/client.pem", "/etc/etcd/client-key.pem")
 ///     .domain("etcd.internal");

@@ -74,7 +74,7 @@ impl DecodeError {
 /// Total over all inputs: arbitrary bytes give an error, never a panic.
 ///
 /// ```
-/// use etcdlb_resolver::{decode_value, Decoded};
+/// use etcdlb_etcd::{decode_value, Decoded};
 ///
 /// let Ok(Decoded::Endpoint(entry)) =
 ///     decode_value(br#"{"Op":0,"Addr":"127.0.0.1:41234","Metadata":"1"}"#)
@@ -199,7 +199,7 @@ fn escape_controls(s: &str) -> String {
 }
 
 /// Enough of a value to recognise it in a log line.
-pub(crate) fn shorten(s: &str) -> String {
+pub fn shorten(s: &str) -> String {
     const MAX: usize = 64;
     if s.len() <= MAX {
         return s.to_string();
