@@ -41,6 +41,9 @@ impl GrpcProxy {
             .args(["grpc-proxy", "start"])
             .arg(format!("--endpoints={}", members.join(",")))
             .arg(format!("--listen-addr=127.0.0.1:{port}"))
+            // The proxy dials its own advertised address (its health
+            // check); the default, 127.0.0.1:23790, is somebody else's.
+            .arg(format!("--advertise-client-url=127.0.0.1:{port}"))
             .arg(format!("--data-dir={}", dir.path().join("data").display()))
             .stdin(Stdio::null())
             .stdout(log)
