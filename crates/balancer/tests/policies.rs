@@ -332,20 +332,30 @@ fn mapping(balancer: &Balancer) -> Vec<String> {
 }
 
 /// The ring as `RingHash`'s docs define it, computed here independently:
-/// each key's owner among `names`.
-fn documented_mapping(names: &[&str]) -> Vec<String> {
+/// `(node hash, owner)` of every virtual node of `names`, sorted.
+fn documented_ring<'a>(names: &[&'a str]) -> Vec<(u64, &'a str)> {
     let per = RingHash::new().nodes_per_endpoint(names.len());
     let mut ring: Vec<(u64, &str)> = names
         .iter()
         .flat_map(|name| (0..per).map(move |i| (HashKey::new(format!("{name}_{i}")).hash(), *name)))
         .collect();
     ring.sort();
+    ring
+}
+
+/// `key`'s owner on `ring`: the first node at or after its point, wrapping.
+fn owner_on(ring: &[(u64, &str)], key: &str) -> String {
+    let point = HashKey::new(key).hash();
+    ring[ring.partition_point(|&(h, _)| h < point) % ring.len()]
+        .1
+        .to_string()
+}
+
+/// Each key's owner among `names` on the documented ring.
+fn documented_mapping(names: &[&str]) -> Vec<String> {
+    let ring = documented_ring(names);
     (0..KEYS)
-        .map(|i| {
-            let point = HashKey::new(format!("key-{i}")).hash();
-            let at = ring.partition_point(|&(h, _)| h < point);
-            ring[at % ring.len()].1.to_string()
-        })
+        .map(|i| owner_on(&ring, &format!("key-{i}")))
         .collect()
 }
 
@@ -570,16 +580,7 @@ async fn a_key_whose_owner_is_still_connecting_waits_for_it() {
 
 /// `key`'s owner among `names` on the documented ring.
 fn documented_owner(names: &[&str], key: &str) -> String {
-    let per = RingHash::new().nodes_per_endpoint(names.len());
-    let mut ring: Vec<(u64, &str)> = names
-        .iter()
-        .flat_map(|name| (0..per).map(move |i| (HashKey::new(format!("{name}_{i}")).hash(), *name)))
-        .collect();
-    ring.sort();
-    let point = HashKey::new(key).hash();
-    ring[ring.partition_point(|&(h, _)| h < point) % ring.len()]
-        .1
-        .to_string()
+    owner_on(&documented_ring(names), key)
 }
 
 #[tokio::test]

@@ -55,6 +55,19 @@ fn rate(result: &Value, from: u64, to: u64) -> Option<f64> {
     (secs > 0.0).then(|| n as f64 / secs)
 }
 
+/// loadgen's arguments for C=16 round robin over `servers` for `duration`,
+/// reporting the endpoints it stops picking (`--events`).
+fn watched_load(duration: Duration, servers: &[String]) -> Vec<String> {
+    let mut args: Vec<String> = ["run", "--mode", "balancer", "--concurrency", "16"]
+        .map(String::from)
+        .to_vec();
+    args.extend(["--warmup".into(), "0s".into(), "--duration".into()]);
+    args.push(format!("{}ms", duration.as_millis()));
+    args.push("--events".into());
+    args.extend(servers.iter().cloned());
+    args
+}
+
 pub(super) fn run(bench: &mut Bench<'_>, plan: &Plan) -> Result<Value> {
     bench.check_interrupt()?;
     let env = format!("{}-freeze", bench.env);
@@ -70,23 +83,8 @@ pub(super) fn run(bench: &mut Bench<'_>, plan: &Plan) -> Result<Value> {
 
     eprintln!("xtask bench: freeze, SIGSTOP one of 3 servers for 5 s under C=16");
     let total = BEFORE + FREEZE + AFTER;
-    let mut args: Vec<String> = [
-        "run",
-        "--mode",
-        "balancer",
-        "--concurrency",
-        "16",
-        "--warmup",
-        "0s",
-        "--duration",
-        &format!("{}ms", total.as_millis()),
-        "--events",
-        "--timeline",
-        &format!("{}ms", BUCKET.as_millis()),
-    ]
-    .map(String::from)
-    .to_vec();
-    args.extend(list.iter().cloned());
+    let mut args = watched_load(total, &list);
+    args.extend(["--timeline".into(), format!("{}ms", BUCKET.as_millis())]);
     let lg = bench.loadgen("loadgen-freeze", &args)?;
     bench.procs[lg].expect(Duration::from_secs(30), "start", |l| {
         l.contains("\"started\"")
@@ -140,21 +138,7 @@ pub(super) fn run(bench: &mut Bench<'_>, plan: &Plan) -> Result<Value> {
     let mut trial_failed = 0u64;
     for trial in 0..trials {
         bench.check_interrupt()?;
-        let mut args: Vec<String> = [
-            "run",
-            "--mode",
-            "balancer",
-            "--concurrency",
-            "16",
-            "--warmup",
-            "0s",
-            "--duration",
-            "2500ms",
-            "--events",
-        ]
-        .map(String::from)
-        .to_vec();
-        args.extend(list.iter().cloned());
+        let args = watched_load(Duration::from_millis(2500), &list);
         let lg = bench.loadgen(&format!("loadgen-detect-{trial}"), &args)?;
         bench.procs[lg].expect(Duration::from_secs(30), "start", |l| {
             l.contains("\"started\"")
