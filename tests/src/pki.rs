@@ -6,7 +6,7 @@
 use std::{
     fs::File,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
@@ -183,7 +183,8 @@ fn spawn(tls: Option<&Certs>) -> (Child, tempfile::TempDir, String) {
     let client = format!("{scheme}://127.0.0.1:{}", crate::free_port());
     let peer = format!("http://127.0.0.1:{}", crate::free_port());
     let log = File::create(dir.path().join("etcd.log")).expect("etcd log");
-    let mut cmd = Command::new(etcd_binary());
+    // Without our ETCD_* variables, which etcd would read as flags.
+    let mut cmd = etcd_provision::etcd_command(&etcd_binary());
     cmd.arg("--name")
         .arg("secure")
         .arg("--data-dir")

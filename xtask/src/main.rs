@@ -18,6 +18,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Command, ExitCode},
     sync::mpsc,
+    time::{Duration, Instant},
 };
 
 use clap::{Parser, Subcommand};
@@ -149,18 +150,21 @@ fn run_etcd(
     interrupt: &mpsc::Receiver<()>,
 ) -> Result<ExitCode> {
     if members > 1 {
-        eprintln!("xtask: starting a {members}-member etcd cluster");
         let bin = match version {
             Some(v) => etcd_provision::etcd_binary(v)?,
             None => etcd_provision::find_etcd_binary().ok_or(etcd_provision::HOW_TO_GET_ETCD)?,
         };
+        eprintln!(
+            "xtask: starting a {members}-member cluster of {}",
+            etcd_label(&bin)
+        );
         let timing = if default_elections {
             (100, 1000)
         } else {
             (10, 100)
         };
         let cluster = etcd_provision::Cluster::start_with_timing(&bin, members, timing)?;
-        let leader = cluster.wait_for_leader(std::time::Duration::from_secs(10))?;
+        let leader = cluster.wait_for_leader(Duration::from_secs(10))?;
         println!("ETCD_ENDPOINTS={}", cluster.endpoints().join(","));
         eprintln!(
             "xtask: cluster running (leader {}, data in {}); Ctrl-C to stop",
@@ -173,13 +177,18 @@ fn run_etcd(
         return Ok(ExitCode::SUCCESS);
     }
     let etcd = match version {
-        Some(v) => {
-            let etcd = Etcd::spawn(&etcd_provision::etcd_binary(v)?)?;
-            eprintln!("xtask: etcd {v} at {}", etcd.endpoints().join(","));
-            etcd
-        }
-        None => provision_etcd()?,
+        Some(v) => Etcd::spawn(&etcd_provision::etcd_binary(v)?)?,
+        None => Etcd::provision()?,
     };
+    eprintln!(
+        "xtask: etcd {}at {} ({})",
+        etcd.binary()
+            .and_then(|b| etcd_provision::binary_version(b).ok())
+            .map(|v| format!("{v} "))
+            .unwrap_or_default(),
+        etcd.endpoints().join(","),
+        etcd.describe()
+    );
     println!("ETCD_ENDPOINTS={}", etcd.endpoints().join(","));
     eprintln!("xtask: etcd running; Ctrl-C to stop");
     let _ = interrupt.recv();
@@ -192,85 +201,172 @@ fn run_etcd(
 /// after the whole suite on [`etcd_provision::DEFAULT_VERSION`].
 const COMPAT_VERSIONS: [&str; 2] = ["3.4", "3.7"];
 
-/// The compatibility subset: registration (lease, keepalive, re-register
-/// after restarts), a watch through compaction, member loss in a cluster.
-const COMPAT_TESTS: [(&str, &str, &str); 3] = [
-    ("etcdlb-registry", "registration", ""),
-    ("etcdlb-resolver", "resolve", "compact"),
-    ("integration-tests", "it", "cluster::"),
+/// The compatibility subset, about 30 s of tests: registration (lease,
+/// keepalive, re-register after restarts and lease loss), a watch canceled
+/// by compaction and one that resumes past a compacted revision, member loss
+/// (etcd-client over our member failover, then servers and clients in a
+/// 3-member cluster). `(package, cargo test arguments)`.
+const COMPAT_TESTS: [(&str, &[&str]); 5] = [
+    ("etcdlb-registry", &["--test", "registration"]),
+    ("etcdlb-resolver", &["--lib", "compaction"]),
+    ("etcdlb-resolver", &["--test", "resolve", "compact"]),
+    ("etcdlb-etcd", &["--test", "members"]),
+    ("integration-tests", &["--test", "it", "cluster::"]),
 ];
 
-fn run_tests(extra: &[String]) -> Result<ExitCode> {
-    let started = std::time::Instant::now();
-    let protoc = ensure_protoc()?;
-    // Style first: it fails in seconds where the tests take minutes.
-    check_style(&protoc)?;
-    // The end-to-end tests run these binaries (they would build them too,
-    // from inside the test; doing it here shows the compiler output).
-    build_binaries(&protoc)?;
-    // The Go interop tests run them; the fixture takes them from GO_PEER and
-    // GRPC_HEALTH_PROBE.
-    let go_peer = provision_go_peer()?;
-    let target = workspace_root().join("target");
-    let probe = go_provision::health_probe(&target)?;
-    let version = std::env::var("ETCD_VERSION")
-        .unwrap_or_else(|_| etcd_provision::DEFAULT_VERSION.to_owned());
-    let etcd_bin = etcd_provision::etcd_binary(&version)?;
-    let phase = |name: &str| eprintln!("xtask: [{:>4.0?}] {name}", started.elapsed());
-    phase(&format!(
-        "the whole suite on etcd {version} ({})",
-        etcd_bin.display()
-    ));
-    let etcd = Etcd::spawn(&etcd_bin)?;
-    let mut cmd = cargo();
-    // Every failing test binary is reported, not only the first.
-    cmd.args(["test", "--workspace", "--no-fail-fast"])
-        .args(extra)
-        .env("PROTOC", &protoc)
-        .env("GO_PEER", &go_peer)
-        .env("GRPC_HEALTH_PROBE", &probe)
-        .env("ETCD_VERSION", &version)
-        .env("ETCD_BIN", &etcd_bin)
-        .env("ETCD_ENDPOINTS", etcd.endpoints().join(","));
-    eprintln!("xtask: running {cmd:?}");
-    let status = cmd.status()?;
-    if !status.success() {
-        return Err(format!("the suite failed on etcd {version} ({status})").into());
-    }
-    phase("packaging the published crates and building the outside project on them");
-    outside::package(&protoc)?;
-    outside::build_and_run(&protoc, etcd.endpoints())?;
-    drop(etcd);
-    if !extra.is_empty() {
-        // A filtered run (`cargo xtask test -- NAME`) stops here.
-        return Ok(ExitCode::SUCCESS);
-    }
-    for compat in COMPAT_VERSIONS {
-        phase(&format!("the compatibility subset on etcd {compat}"));
-        let bin = etcd_provision::etcd_binary(compat)
-            .map_err(|e| format!("etcd {compat} for the compatibility subset: {e}"))?;
-        let etcd = Etcd::spawn(&bin)?;
-        for (package, test, filter) in COMPAT_TESTS {
-            let mut cmd = cargo();
-            cmd.args(["test", "--quiet", "-p", package, "--test", test]);
-            if !filter.is_empty() {
-                cmd.arg(filter);
-            }
-            cmd.env("PROTOC", &protoc)
-                .env("ETCD_VERSION", compat)
-                .env("ETCD_BIN", &bin)
-                .env("ETCD_ENDPOINTS", etcd.endpoints().join(","));
-            let status = cmd.status()?;
-            if !status.success() {
-                return Err(format!(
-                    "etcd {compat}: cargo test -p {package} --test {test} {filter} failed ({status})"
-                )
-                .into());
-            }
+/// The phases of `cargo xtask test`, timed: each is announced with the
+/// time since the start, a failure names its phase, and the durations are
+/// listed at the end, whether the run passed or not.
+struct Phases {
+    started: Instant,
+    done: Vec<(String, Duration, bool)>,
+}
+
+impl Phases {
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            done: Vec::new(),
         }
     }
-    phase("done");
-    Ok(ExitCode::SUCCESS)
+
+    fn run<T>(&mut self, name: &str, phase: impl FnOnce() -> Result<T>) -> Result<T> {
+        eprintln!("xtask: [{:>4} s] {name}", self.started.elapsed().as_secs());
+        let started = Instant::now();
+        let result = phase();
+        self.done
+            .push((name.to_owned(), started.elapsed(), result.is_ok()));
+        result.map_err(|e| format!("{name}: {e}").into())
+    }
+
+    fn summary(&self) {
+        eprintln!("xtask: phases:");
+        for (name, took, ok) in &self.done {
+            let verdict = if *ok { "ok" } else { "FAILED" };
+            eprintln!(
+                "xtask:   {:>6.1} s  {verdict:<6} {name}",
+                took.as_secs_f64()
+            );
+        }
+        eprintln!(
+            "xtask:   {:>6.1} s  total",
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+}
+
+fn run_tests(extra: &[String]) -> Result<ExitCode> {
+    let mut phases = Phases::new();
+    let result = test_phases(&mut phases, extra);
+    phases.summary();
+    result.map(|()| ExitCode::SUCCESS)
+}
+
+/// `name (version, path)` of an etcd binary, for phase names.
+fn etcd_label(bin: &Path) -> String {
+    match etcd_provision::binary_version(bin) {
+        Ok(v) => format!("etcd {v} ({})", bin.display()),
+        Err(e) => format!("etcd {} (version unknown: {e})", bin.display()),
+    }
+}
+
+fn test_phases(phases: &mut Phases, extra: &[String]) -> Result<()> {
+    let protoc = ensure_protoc()?;
+    // Style first: it fails in seconds where the tests take minutes.
+    phases.run("style: cargo fmt --check, cargo clippy -D warnings", || {
+        check_style(&protoc)
+    })?;
+    // The end-to-end tests run these binaries (they would build them too,
+    // from inside the test; doing it here shows the compiler output).
+    phases.run("build echo-server and echo-client", || {
+        build_binaries(&protoc)
+    })?;
+    // The Go interop tests run them; the fixture takes them from GO_PEER and
+    // GRPC_HEALTH_PROBE.
+    let (go_peer, probe) =
+        phases.run("Go programs: the interop peer, grpc-health-probe", || {
+            let go_peer = provision_go_peer()?;
+            let probe = go_provision::health_probe(&workspace_root().join("target"))?;
+            Ok((go_peer, probe))
+        })?;
+    let version = std::env::var("ETCD_VERSION")
+        .unwrap_or_else(|_| etcd_provision::DEFAULT_VERSION.to_owned());
+    // A filtered run (`cargo xtask test -- NAME`) has no compatibility
+    // phases. Their binaries are had up front, so that a version that cannot
+    // be had fails the run before the long phase.
+    let compat: &[&str] = if extra.is_empty() {
+        &COMPAT_VERSIONS
+    } else {
+        &[]
+    };
+    let bins = phases.run(
+        &format!("etcd binaries: {version}, then {compat:?} (built or cached in target/etcd/)"),
+        || {
+            let mut bins = vec![(version.clone(), etcd_provision::etcd_binary(&version)?)];
+            for v in compat {
+                bins.push(((*v).to_owned(), etcd_provision::etcd_binary(v)?));
+            }
+            Ok(bins)
+        },
+    )?;
+    let (_, etcd_bin) = &bins[0];
+    let etcd = Etcd::spawn(etcd_bin)?;
+    phases.run(
+        &format!("the whole suite on {}", etcd_label(etcd_bin)),
+        || {
+            let mut cmd = cargo();
+            // Every failing test binary is reported, not only the first.
+            cmd.args(["test", "--workspace", "--no-fail-fast"])
+                .args(extra)
+                .env("PROTOC", &protoc)
+                .env("GO_PEER", &go_peer)
+                .env("GRPC_HEALTH_PROBE", &probe)
+                .env("ETCD_VERSION", &version)
+                .env("ETCD_BIN", etcd_bin)
+                .env("ETCD_ENDPOINTS", etcd.endpoints().join(","));
+            eprintln!("xtask: running {cmd:?}");
+            let status = cmd.status()?;
+            if !status.success() {
+                return Err(format!("cargo test failed ({status})").into());
+            }
+            Ok(())
+        },
+    )?;
+    phases.run(
+        "packaging the published crates and building the outside project on them",
+        || {
+            outside::package(&protoc)?;
+            outside::build_and_run(&protoc, etcd.endpoints())
+        },
+    )?;
+    drop(etcd);
+    for (compat, bin) in &bins[1..] {
+        phases.run(
+            &format!("the compatibility subset on {}", etcd_label(bin)),
+            || {
+                let etcd = Etcd::spawn(bin)?;
+                for (package, args) in COMPAT_TESTS {
+                    let mut cmd = cargo();
+                    cmd.args(["test", "--quiet", "-p", package])
+                        .args(args)
+                        .env("PROTOC", &protoc)
+                        .env("ETCD_VERSION", compat)
+                        .env("ETCD_BIN", bin)
+                        .env("ETCD_ENDPOINTS", etcd.endpoints().join(","));
+                    let status = cmd.status()?;
+                    if !status.success() {
+                        return Err(format!(
+                            "cargo test -p {package} {} failed ({status})",
+                            args.join(" ")
+                        )
+                        .into());
+                    }
+                }
+                Ok(())
+            },
+        )?;
+    }
+    Ok(())
 }
 
 /// `cargo fmt --all --check`, then `cargo clippy --workspace --all-targets
@@ -365,12 +461,18 @@ pub(crate) fn provision_go_peer() -> Result<PathBuf> {
     Ok(peer)
 }
 
-/// Finds or starts an etcd and says where it came from.
+/// The etcd quickest to get ([`Etcd::provision_quick`]: one at hand, else
+/// Debian's package, else a build of 3.6), for the demo and for chaos
+/// without a binary; says which one and where it came from.
 fn provision_etcd() -> Result<Etcd> {
     eprintln!("xtask: provisioning etcd");
-    let etcd = Etcd::provision()?;
+    let etcd = Etcd::provision_quick()?;
     eprintln!(
-        "xtask: etcd at {} ({})",
+        "xtask: etcd {}at {} ({})",
+        etcd.binary()
+            .and_then(|b| etcd_provision::binary_version(b).ok())
+            .map(|v| format!("{v} "))
+            .unwrap_or_default(),
         etcd.endpoints().join(","),
         etcd.describe()
     );

@@ -29,6 +29,11 @@
 //! // Dropping `etcd` stops whatever was started and removes its data dir.
 //! ```
 //!
+//! [`Etcd::provision_quick`] is the demo's: an etcd at hand (`ETCD_BIN`, a
+//! 3.6 built before, `etcd` on `PATH`) before anything that builds, and
+//! Debian's package (seconds) before a build of 3.6 (a minute from cold
+//! caches). [`binary_version`] says which version a binary is.
+//!
 //! [`Cluster`] starts a local N-member cluster instead (tests of member
 //! failover, `cargo xtask etcd --members 3`, the chaos run), with kill and
 //! restart of one member and [`Cluster::leader`].
@@ -124,6 +129,27 @@ impl Etcd {
             return Self::spawn(&bin);
         }
         Err(Error::new(HOW_TO_GET_ETCD))
+    }
+
+    /// The etcd that is quickest to get, for the demo, where the version
+    /// does not matter and a minute of building does: `ETCD_ENDPOINTS`, or
+    /// the version `ETCD_VERSION` names, when set (as
+    /// [`provision`](Self::provision)); else an etcd at hand
+    /// ([`etcd_binary_at_hand`]); else, on Debian as root, the
+    /// `etcd-server` package (3.4: seconds to install, where building 3.6
+    /// from a cold Go cache takes about a minute); else as
+    /// [`provision`](Self::provision).
+    pub fn provision_quick() -> Result<Self, Error> {
+        if env::var_os("ETCD_ENDPOINTS").is_some() || env::var_os("ETCD_VERSION").is_some() {
+            return Self::provision();
+        }
+        if let Some(bin) = etcd_binary_at_hand() {
+            return Self::spawn(&bin);
+        }
+        if let Some(bin) = apt_install_etcd()? {
+            return Self::spawn(&bin);
+        }
+        Self::provision()
     }
 
     /// Uses an etcd somebody else runs; `list` is a comma-separated URL list.
@@ -415,9 +441,10 @@ pub fn find_etcd_binary() -> Option<PathBuf> {
 
 /// An etcd binary of `version`: `3.6` or `3.7` built with Go from
 /// `tools/go/etcd-<version>` into `<target>/etcd/<version>/etcd` (cached
-/// until its sources or the Go version change; about 25 s on 2 cores once
-/// the modules are downloaded), `3.4` Debian's `etcd-server` (installed
-/// with apt-get as root when missing).
+/// until its sources or the Go version change; on 2 cores about 55 s from
+/// an empty Go module and build cache, 3.7 after 3.6 about 25 s, as they
+/// share most packages; a line on stderr every 10 s meanwhile), `3.4`
+/// Debian's `etcd-server` (installed with apt-get as root when missing).
 pub fn etcd_binary(version: &str) -> Result<PathBuf, Error> {
     match version {
         "3.4" => {
@@ -433,20 +460,109 @@ pub fn etcd_binary(version: &str) -> Result<PathBuf, Error> {
         }
         "3.6" | "3.7" => {
             let target = target_dir();
-            let out = target.join("etcd").join(version).join("etcd");
-            go_provision::build(
+            let out = built_path(version);
+            let progress = Progress::start(version);
+            let built = go_provision::build(
                 &go_provision::tool_sources(&format!("etcd-{version}")),
                 ".",
                 &out,
                 &target,
-            )
-            .map_err(|e| Error::new(format!("cannot build etcd {version}: {e}")))
+            );
+            drop(progress);
+            built.map_err(|e| Error::new(format!("cannot build etcd {version}: {e}")))
         }
         other => Err(Error::new(format!(
             "ETCD_VERSION={other}: expected one of {}",
             VERSIONS.join(", ")
         ))),
     }
+}
+
+/// Where [`etcd_binary`] builds a Go-built version: `<target>/etcd/<version>/etcd`.
+fn built_path(version: &str) -> PathBuf {
+    target_dir().join("etcd").join(version).join("etcd")
+}
+
+/// While a build runs, a line on stderr every [`PROGRESS_EVERY`]: a cold
+/// build (modules downloaded, then compiled with an empty Go build cache)
+/// says nothing for about a minute otherwise. A cached binary returns
+/// before the first line is due, so nothing is printed then.
+struct Progress {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// How often [`Progress`] reports.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+impl Progress {
+    fn start(version: &str) -> Self {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let version = version.to_owned();
+        let started = Instant::now();
+        let thread = std::thread::Builder::new()
+            .name("etcd-build-progress".into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(PROGRESS_EVERY)
+                {
+                    eprintln!(
+                        "etcd-provision: still building etcd {version} ({} s; a first build \
+                         downloads its Go modules and compiles them: a minute or more on 2 cores)",
+                        started.elapsed().as_secs()
+                    );
+                }
+            })
+            .ok();
+        Self {
+            stop: Some(stop),
+            thread,
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The version an etcd binary reports (`etcd --version`'s first line),
+/// e.g. `3.6.16`.
+pub fn binary_version(bin: &Path) -> Result<String, Error> {
+    let out = etcd_command(bin)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| Error::new(format!("cannot run {} --version: {e}", bin.display())))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("etcd Version:"))
+        .map(|v| v.trim().to_owned())
+        .ok_or_else(|| {
+            Error::new(format!(
+                "{} --version did not say its version: {}",
+                bin.display(),
+                first_line(&out.stdout)
+            ))
+        })
+}
+
+/// An etcd binary that needs neither a build nor an install, for the demo:
+/// `ETCD_BIN`; else a [`DEFAULT_VERSION`] built before in `target/etcd/`
+/// (used as is, even when its sources changed since); else `etcd` on
+/// `PATH` (on Debian, the `etcd-server` package's 3.4). `None` when none is
+/// at hand.
+pub fn etcd_binary_at_hand() -> Option<PathBuf> {
+    if let Some(bin) = env::var_os("ETCD_BIN").filter(|b| !b.is_empty()) {
+        return Some(PathBuf::from(bin));
+    }
+    Some(built_path(DEFAULT_VERSION))
+        .filter(|p| p.is_file())
+        .or_else(|| find_on_path("etcd"))
 }
 
 /// A command running `bin` without our `ETCD_*` settings in its
@@ -467,7 +583,10 @@ pub fn etcd_command(bin: &Path) -> Command {
 fn target_dir() -> PathBuf {
     env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"))
+        .unwrap_or_else(|| {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+            fs::canonicalize(&root).unwrap_or(root).join("target")
+        })
 }
 
 fn find_on_path(name: &str) -> Option<PathBuf> {
