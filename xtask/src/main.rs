@@ -205,14 +205,67 @@ const COMPAT_VERSIONS: [&str; 2] = ["3.4", "3.7"];
 /// keepalive, re-register after restarts and lease loss), a watch canceled
 /// by compaction and one that resumes past a compacted revision, member loss
 /// (etcd-client over our member failover, then servers and clients in a
-/// 3-member cluster). `(package, cargo test arguments)`.
-const COMPAT_TESTS: [(&str, &[&str]); 5] = [
-    ("etcdlb-registry", &["--test", "registration"]),
-    ("etcdlb-resolver", &["--lib", "compaction"]),
-    ("etcdlb-resolver", &["--test", "resolve", "compact"]),
-    ("etcdlb-etcd", &["--test", "members"]),
-    ("integration-tests", &["--test", "it", "cluster::"]),
+/// 3-member cluster). `(target kind, target name, test binary arguments)`:
+/// the test binaries the whole suite built, run again (a `cargo test -p`
+/// would resolve features for fewer packages and compile them all again).
+const COMPAT_TESTS: [(&str, &str, &[&str]); 5] = [
+    ("test", "registration", &[]),
+    ("lib", "etcdlb_resolver", &["compaction"]),
+    ("test", "resolve", &["compact"]),
+    ("test", "members", &[]),
+    ("test", "it", &["cluster::"]),
 ];
+
+/// A test executable of the workspace, as `cargo test --no-run` names it.
+struct TestBinary {
+    /// `lib`, `test`, `bin`…
+    kind: String,
+    /// The target's name (`it`, `etcdlb_resolver`).
+    name: String,
+    path: PathBuf,
+    /// Its package's directory: cargo runs tests there.
+    package_dir: PathBuf,
+}
+
+/// The test executables of `cargo test --workspace` (`--no-run`,
+/// `--message-format=json`), with the environment of the whole suite's
+/// command (`suite`), so that nothing is built again.
+fn test_binaries(mut suite: Command) -> Result<Vec<TestBinary>> {
+    let out = suite
+        .args(["--no-run", "--message-format=json"])
+        .stderr(std::process::Stdio::inherit())
+        .output()?;
+    if !out.status.success() {
+        return Err(format!("cargo test --no-run failed ({})", out.status).into());
+    }
+    let mut binaries = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let (Some(path), Some(manifest), Some(kind), Some(name)) = (
+            msg["executable"].as_str(),
+            msg["manifest_path"].as_str(),
+            msg["target"]["kind"][0].as_str(),
+            msg["target"]["name"].as_str(),
+        ) else {
+            continue;
+        };
+        if msg["profile"]["test"] != true {
+            continue;
+        }
+        binaries.push(TestBinary {
+            kind: kind.to_owned(),
+            name: name.to_owned(),
+            path: PathBuf::from(path),
+            package_dir: Path::new(manifest)
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default(),
+        });
+    }
+    Ok(binaries)
+}
 
 /// The phases of `cargo xtask test`, timed: each is announced with the
 /// time since the start, a failure names its phase, and the durations are
@@ -300,7 +353,15 @@ fn test_phases(phases: &mut Phases, extra: &[String]) -> Result<()> {
         &[]
     };
     let bins = phases.run(
-        &format!("etcd binaries: {version}, then {compat:?} (built or cached in target/etcd/)"),
+        &format!(
+            "etcd binaries: {} (built or cached in target/etcd/)",
+            [version.as_str()]
+                .iter()
+                .chain(compat)
+                .copied()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
         || {
             let mut bins = vec![(version.clone(), etcd_provision::etcd_binary(&version)?)];
             for v in compat {
@@ -311,19 +372,24 @@ fn test_phases(phases: &mut Phases, extra: &[String]) -> Result<()> {
     )?;
     let (_, etcd_bin) = &bins[0];
     let etcd = Etcd::spawn(etcd_bin)?;
+    // The whole suite's command, also used to list its test binaries.
+    let suite = |etcd: &Etcd| {
+        let mut cmd = cargo();
+        // Every failing test binary is reported, not only the first.
+        cmd.args(["test", "--workspace", "--no-fail-fast"])
+            .env("PROTOC", &protoc)
+            .env("GO_PEER", &go_peer)
+            .env("GRPC_HEALTH_PROBE", &probe)
+            .env("ETCD_VERSION", &version)
+            .env("ETCD_BIN", etcd_bin)
+            .env("ETCD_ENDPOINTS", etcd.endpoints().join(","));
+        cmd
+    };
     phases.run(
         &format!("the whole suite on {}", etcd_label(etcd_bin)),
         || {
-            let mut cmd = cargo();
-            // Every failing test binary is reported, not only the first.
-            cmd.args(["test", "--workspace", "--no-fail-fast"])
-                .args(extra)
-                .env("PROTOC", &protoc)
-                .env("GO_PEER", &go_peer)
-                .env("GRPC_HEALTH_PROBE", &probe)
-                .env("ETCD_VERSION", &version)
-                .env("ETCD_BIN", etcd_bin)
-                .env("ETCD_ENDPOINTS", etcd.endpoints().join(","));
+            let mut cmd = suite(&etcd);
+            cmd.args(extra);
             eprintln!("xtask: running {cmd:?}");
             let status = cmd.status()?;
             if !status.success() {
@@ -332,6 +398,11 @@ fn test_phases(phases: &mut Phases, extra: &[String]) -> Result<()> {
             Ok(())
         },
     )?;
+    let binaries = if compat.is_empty() {
+        Vec::new()
+    } else {
+        test_binaries(suite(&etcd))?
+    };
     phases.run(
         "packaging the published crates and building the outside project on them",
         || {
@@ -345,21 +416,29 @@ fn test_phases(phases: &mut Phases, extra: &[String]) -> Result<()> {
             &format!("the compatibility subset on {}", etcd_label(bin)),
             || {
                 let etcd = Etcd::spawn(bin)?;
-                for (package, args) in COMPAT_TESTS {
-                    let mut cmd = cargo();
-                    cmd.args(["test", "--quiet", "-p", package])
+                for (kind, name, args) in COMPAT_TESTS {
+                    let test = binaries
+                        .iter()
+                        .find(|b| b.kind == kind && b.name == name)
+                        .ok_or_else(|| {
+                            format!("the whole suite built no {kind} test target named {name}")
+                        })?;
+                    eprintln!("xtask: {kind} {name} {}", args.join(" "));
+                    let status = Command::new(&test.path)
+                        .arg("--quiet")
                         .args(args)
+                        .current_dir(&test.package_dir)
+                        .env("CARGO_MANIFEST_DIR", &test.package_dir)
                         .env("PROTOC", &protoc)
                         .env("ETCD_VERSION", compat)
                         .env("ETCD_BIN", bin)
-                        .env("ETCD_ENDPOINTS", etcd.endpoints().join(","));
-                    let status = cmd.status()?;
+                        .env("ETCD_ENDPOINTS", etcd.endpoints().join(","))
+                        .status()
+                        .map_err(|e| format!("cannot run {}: {e}", test.path.display()))?;
                     if !status.success() {
-                        return Err(format!(
-                            "cargo test -p {package} {} failed ({status})",
-                            args.join(" ")
-                        )
-                        .into());
+                        return Err(
+                            format!("{kind} {name} {} failed ({status})", args.join(" ")).into(),
+                        );
                     }
                 }
                 Ok(())
