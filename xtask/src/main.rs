@@ -3,8 +3,9 @@
 //! - `etcd`: start an etcd (`--members 3`: a local 3-member cluster) and
 //!   print its endpoints until Ctrl-C;
 //! - `test`: check formatting (`cargo fmt --check`) and lints (`cargo
-//!   clippy -D warnings`), provision etcd, run the workspace's tests against
-//!   it, stop it;
+//!   clippy -D warnings`), run the workspace's tests on etcd 3.6, package
+//!   the published crates, then a compatibility subset on etcd 3.4 and 3.7;
+//!   timed phases, each naming its etcd version;
 //! - `demo`: replay the seed scenario with real processes;
 //! - `bench`: throughput, latency, pick cost, propagation, failover, scale;
 //! - `chaos`: load over real servers while servers and etcd are killed;
@@ -180,15 +181,7 @@ fn run_etcd(
         Some(v) => Etcd::spawn(&etcd_provision::etcd_binary(v)?)?,
         None => Etcd::provision()?,
     };
-    eprintln!(
-        "xtask: etcd {}at {} ({})",
-        etcd.binary()
-            .and_then(|b| etcd_provision::binary_version(b).ok())
-            .map(|v| format!("{v} "))
-            .unwrap_or_default(),
-        etcd.endpoints().join(","),
-        etcd.describe()
-    );
+    eprintln!("xtask: {}", etcd_summary(&etcd));
     println!("ETCD_ENDPOINTS={}", etcd.endpoints().join(","));
     eprintln!("xtask: etcd running; Ctrl-C to stop");
     let _ = interrupt.recv();
@@ -313,6 +306,20 @@ fn run_tests(extra: &[String]) -> Result<ExitCode> {
     let result = test_phases(&mut phases, extra);
     phases.summary();
     result.map(|()| ExitCode::SUCCESS)
+}
+
+/// `etcd 3.6.16 at http://… (where it came from)`.
+fn etcd_summary(etcd: &Etcd) -> String {
+    let version = etcd
+        .binary()
+        .and_then(|b| etcd_provision::binary_version(b).ok())
+        .map(|v| format!(" {v}"))
+        .unwrap_or_default();
+    format!(
+        "etcd{version} at {} ({})",
+        etcd.endpoints().join(","),
+        etcd.describe()
+    )
 }
 
 /// `name (version, path)` of an etcd binary, for phase names.
@@ -546,15 +553,7 @@ pub(crate) fn provision_go_peer() -> Result<PathBuf> {
 fn provision_etcd() -> Result<Etcd> {
     eprintln!("xtask: provisioning etcd");
     let etcd = Etcd::provision_quick()?;
-    eprintln!(
-        "xtask: etcd {}at {} ({})",
-        etcd.binary()
-            .and_then(|b| etcd_provision::binary_version(b).ok())
-            .map(|v| format!("{v} "))
-            .unwrap_or_default(),
-        etcd.endpoints().join(","),
-        etcd.describe()
-    );
+    eprintln!("xtask: {}", etcd_summary(&etcd));
     Ok(etcd)
 }
 
