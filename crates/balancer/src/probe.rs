@@ -194,6 +194,10 @@ pub(crate) struct Link {
     /// Streams opened by the client that the server has neither answered
     /// (response HEADERS) nor ended.
     outstanding: AtomicUsize,
+    /// The watcher is parked because no call awaited the server: the first
+    /// call to start wakes it (`call_started`).
+    idle: AtomicBool,
+    call_started: Notify,
     /// HEADERS and DATA frames received.
     data_frames: AtomicU64,
     /// PINGs hyper itself sent (HTTP/2 keepalive): the server counts them
@@ -222,6 +226,8 @@ impl Link {
             normal_gap: AtomicU64::new(0),
             waiting_since: AtomicU64::new(0),
             outstanding: AtomicUsize::new(0),
+            idle: AtomicBool::new(false),
+            call_started: Notify::new(),
             data_frames: AtomicU64::new(0),
             keepalive_pings: AtomicU64::new(0),
             going_away: AtomicBool::new(false),
@@ -397,6 +403,14 @@ impl<S> Monitored<S> {
         let now = self.awaiting.len();
         if before == 0 && now > 0 {
             link.waiting_since.store(link.now(), Ordering::Relaxed);
+            // Sequentially consistent with the watcher's `idle` then
+            // `outstanding`: one of the two sees the other's store, so a
+            // call never starts unwatched.
+            link.outstanding.store(now, Ordering::SeqCst);
+            if link.idle.load(Ordering::SeqCst) && link.idle.swap(false, Ordering::SeqCst) {
+                link.call_started.notify_one();
+            }
+            return;
         }
         link.outstanding.store(now, Ordering::Relaxed);
     }
@@ -758,12 +772,8 @@ pub(crate) async fn watch(
     let mut keepalives_seen = 0;
     // The longest recent PING round trip: what the next PING may take.
     let mut rtt = Duration::ZERO;
-    // While no call awaits the server there is nothing to suspect: look
-    // again after half the ceiling, as before adaptive suspicion (a client
-    // of 10 000 idle endpoints should not wake 20 000 times a second). A
-    // call that starts meanwhile counts its silence from its start, so a
-    // freeze seen on the next look is acted on at once.
-    let idle_check = config.suspect_after / 2;
+    // A server saying GOAWAY is looked at again after half the ceiling.
+    let going_away_check = config.suspect_after / 2;
     loop {
         let data_frames = link.data_frames.load(Ordering::Relaxed);
         let keepalives = link.keepalive_pings.load(Ordering::Relaxed);
@@ -773,8 +783,20 @@ pub(crate) async fn watch(
         }
         keepalives_seen = keepalives;
         let outstanding = link.outstanding();
-        if outstanding == 0 || link.going_away.load(Ordering::Relaxed) {
-            tokio::time::sleep(idle_check).await;
+        if outstanding == 0 {
+            // Nothing to suspect until a call starts: park until the first
+            // one does (no timer, so 10 000 idle endpoints cost no wake-ups,
+            // and a call starting on an idle connection is watched from its
+            // first byte, not from the next periodic look).
+            link.idle.store(true, Ordering::SeqCst);
+            if link.outstanding.load(Ordering::SeqCst) == 0 {
+                link.call_started.notified().await;
+            }
+            link.idle.store(false, Ordering::Relaxed);
+            continue;
+        }
+        if link.going_away.load(Ordering::Relaxed) {
+            tokio::time::sleep(going_away_check).await;
             continue;
         }
         if data_frames != data_at_answer {
@@ -882,6 +904,299 @@ mod tests {
         assert!(!budget.try_spend(t0 + Duration::from_secs(3), 0));
         // Server data since: free again.
         assert!(budget.try_spend(t0 + Duration::from_secs(4), 1));
+    }
+
+    /// A connection as [`watch`] sees it, over an in-memory pipe: the
+    /// test plays hyper (writing call HEADERS through [`Monitored`], a task
+    /// reading everything back) and the server (the pipe's other end).
+    struct Wire {
+        server: tokio::io::DuplexStream,
+        client: tokio::io::WriteHalf<Monitored<tokio::io::DuplexStream>>,
+        verdicts: tokio::sync::mpsc::UnboundedReceiver<(Instant, Verdict)>,
+        watcher: tokio::task::JoinHandle<(Instant, String)>,
+        next_stream: u32,
+    }
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len().to_be_bytes();
+        let mut f = vec![len[5], len[6], len[7], kind, flags];
+        f.extend(stream.to_be_bytes());
+        f.extend(payload);
+        f
+    }
+
+    impl Wire {
+        async fn new(config: FreezeDetection) -> Self {
+            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+            let (client_io, server) = tokio::io::duplex(1 << 16);
+            let (spoke, _) = oneshot::channel();
+            let (monitored, link) = Monitored::new(client_io, spoke, true);
+            let (mut read, mut client) = tokio::io::split(monitored);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while read.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+            });
+            client
+                .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+                .await
+                .expect("preface");
+            let (tx, verdicts) = tokio::sync::mpsc::unbounded_channel();
+            let link = link.expect("detection on");
+            let watcher = tokio::spawn(async move {
+                let reason = watch(link, config, move |v| {
+                    let _ = tx.send((Instant::now(), v));
+                })
+                .await;
+                (Instant::now(), reason)
+            });
+            let mut wire = Self {
+                server,
+                client,
+                verdicts,
+                watcher,
+                next_stream: 1,
+            };
+            wire.drain_preface().await;
+            wire
+        }
+
+        async fn drain_preface(&mut self) {
+            use tokio::io::AsyncReadExt as _;
+            let mut preface = [0u8; PREFACE_LEN];
+            self.server.read_exact(&mut preface).await.expect("preface");
+        }
+
+        /// The client starts a call: returns its stream.
+        async fn call(&mut self) -> u32 {
+            use tokio::io::AsyncWriteExt as _;
+            let stream = self.next_stream;
+            self.next_stream += 2;
+            self.client
+                .write_all(&frame(TYPE_HEADERS, 0x4, stream, b"h"))
+                .await
+                .expect("write");
+            self.client.flush().await.expect("flush");
+            stream
+        }
+
+        /// The server sends the response headers of `stream`.
+        async fn answer(&mut self, stream: u32) {
+            use tokio::io::AsyncWriteExt as _;
+            self.server
+                .write_all(&frame(TYPE_HEADERS, 0x4, stream, b"h"))
+                .await
+                .expect("write");
+        }
+
+        /// Reads what the client sent until a PING; returns its payload.
+        async fn ping(&mut self) -> [u8; 8] {
+            use tokio::io::AsyncReadExt as _;
+            loop {
+                let mut h = [0u8; HEADER_LEN];
+                self.server.read_exact(&mut h).await.expect("frame");
+                let h = parse_header(&h);
+                let mut payload = vec![0u8; h.len];
+                self.server.read_exact(&mut payload).await.expect("payload");
+                if h.kind == TYPE_PING {
+                    return payload.try_into().expect("8 bytes");
+                }
+            }
+        }
+
+        async fn ack(&mut self, payload: [u8; 8]) {
+            use tokio::io::AsyncWriteExt as _;
+            self.server
+                .write_all(&frame(TYPE_PING, FLAG_ACK, 0, &payload))
+                .await
+                .expect("write");
+        }
+
+        /// `calls` calls, each answered after `after`: what is normal.
+        async fn normal(&mut self, calls: usize, after: Duration) {
+            for _ in 0..calls {
+                let stream = self.call().await;
+                tokio::time::sleep(after).await;
+                self.answer(stream).await;
+            }
+            tokio::task::yield_now().await;
+        }
+
+        async fn verdict(&mut self) -> (Instant, Verdict) {
+            self.verdicts.recv().await.expect("a verdict")
+        }
+    }
+
+    /// `took` is `expected`, to the timer's millisecond.
+    fn about(took: Duration, expected: Duration) -> bool {
+        took >= expected && took <= expected + Duration::from_millis(2)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_server_is_suspected_at_the_floor_then_failed_at_the_ping_floor() {
+        let config = FreezeDetection::default();
+        let bounds = config.adaptive.expect("adaptive");
+        let mut wire = Wire::new(config).await;
+        // Answers 2 ms after each call: 10 x 2 ms is under the floor.
+        wire.normal(20, Duration::from_millis(2)).await;
+        let start = Instant::now();
+        wire.call().await;
+        let (at, verdict) = wire.verdict().await;
+        assert!(about(at - start, bounds.suspect_floor), "{:?}", at - start);
+        assert!(matches!(verdict, Verdict::Suspected { in_flight: 1, .. }));
+        wire.ping().await;
+        let (dead_at, reason) = (&mut wire.watcher).await.expect("watcher");
+        assert!(
+            about(dead_at - at, bounds.probe_floor),
+            "{:?}",
+            dead_at - at
+        );
+        assert!(reason.contains("no answer to a PING"), "{reason}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn suspicion_waits_a_multiple_of_what_is_normal_for_the_server() {
+        let config = FreezeDetection::default();
+        let bounds = config.adaptive.expect("adaptive");
+        let mut wire = Wire::new(config).await;
+        // A server whose answers take 40 ms: suspected after 400 ms.
+        wire.normal(5, Duration::from_millis(40)).await;
+        let start = Instant::now();
+        wire.call().await;
+        let (at, _) = wire.verdict().await;
+        let expected = Duration::from_millis(40) * bounds.silence_multiple;
+        assert!(about(at - start, expected), "{:?}", at - start);
+        // A server that grew slower, step by step (each answer within 10 x
+        // the normal before it), past what the ceiling allows: suspected at
+        // the ceiling.
+        let mut wire = Wire::new(config).await;
+        wire.normal(1, Duration::from_millis(50)).await;
+        wire.normal(1, Duration::from_millis(300)).await;
+        let start = Instant::now();
+        wire.call().await;
+        let (at, _) = wire.verdict().await;
+        assert!(about(at - start, config.suspect_after), "{:?}", at - start);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fixed_bounds_ignore_what_is_normal() {
+        let config = FreezeDetection::fixed(Duration::from_millis(300), Duration::from_millis(700));
+        let mut wire = Wire::new(config).await;
+        wire.normal(20, Duration::from_millis(2)).await;
+        let start = Instant::now();
+        wire.call().await;
+        let (at, _) = wire.verdict().await;
+        assert!(about(at - start, config.suspect_after), "{:?}", at - start);
+        wire.ping().await;
+        let (dead_at, _) = (&mut wire.watcher).await.expect("watcher");
+        assert!(
+            about(dead_at - at, config.probe_timeout),
+            "{:?}",
+            dead_at - at
+        );
+    }
+
+    /// The watcher of a connection with no call awaiting the server sleeps
+    /// without a timer; the first call wakes it, so a call that starts after
+    /// an hour of idleness on a frozen server is suspected at the floor, not
+    /// at some later periodic look.
+    #[tokio::test(start_paused = true)]
+    async fn the_first_call_after_idleness_is_watched_from_its_start() {
+        let config = FreezeDetection::default();
+        let bounds = config.adaptive.expect("adaptive");
+        let mut wire = Wire::new(config).await;
+        wire.normal(3, Duration::from_millis(1)).await;
+        for idle in [3_600_000, 250, 777] {
+            tokio::time::sleep(Duration::from_millis(idle)).await;
+            let start = Instant::now();
+            let stream = wire.call().await;
+            let (at, verdict) = wire.verdict().await;
+            assert!(
+                about(at - start, bounds.suspect_floor),
+                "after {idle} ms idle: suspected {:?} after the call began",
+                at - start
+            );
+            assert!(matches!(verdict, Verdict::Suspected { .. }));
+            let payload = wire.ping().await;
+            wire.ack(payload).await;
+            assert!(matches!(wire.verdict().await.1, Verdict::Cleared { .. }));
+            wire.answer(stream).await;
+            // What the probe's silence taught it decays with later calls.
+            wire.normal(200, Duration::from_millis(1)).await;
+        }
+        assert!(!wire.watcher.is_finished());
+    }
+
+    /// A pause shorter than suspicion plus the PING's timeout costs no
+    /// call: the PING is answered when the server resumes. One longer fails
+    /// the connection.
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_shorter_than_suspicion_plus_the_ping_timeout_is_survived() {
+        let config = FreezeDetection::default();
+        let bounds = config.adaptive.expect("adaptive");
+        let survivable = bounds.suspect_floor + bounds.probe_floor;
+        for pause in [
+            Duration::from_millis(150),
+            survivable - Duration::from_millis(10),
+        ] {
+            let mut wire = Wire::new(config).await;
+            wire.normal(20, Duration::from_millis(1)).await;
+            let start = Instant::now();
+            let stream = wire.call().await;
+            assert!(matches!(wire.verdict().await.1, Verdict::Suspected { .. }));
+            let payload = wire.ping().await;
+            tokio::time::sleep_until(start + pause).await;
+            wire.ack(payload).await;
+            assert!(
+                matches!(wire.verdict().await.1, Verdict::Cleared { .. }),
+                "a {pause:?} pause"
+            );
+            wire.answer(stream).await;
+            tokio::task::yield_now().await;
+            assert!(!wire.watcher.is_finished(), "a {pause:?} pause");
+        }
+        let mut wire = Wire::new(config).await;
+        wire.normal(20, Duration::from_millis(1)).await;
+        let start = Instant::now();
+        wire.call().await;
+        wire.ping().await;
+        let (dead_at, _) = (&mut wire.watcher).await.expect("watcher");
+        assert!(about(dead_at - start, survivable), "{:?}", dead_at - start);
+    }
+
+    /// Slow is not frozen: a 2 s handler whose server answers PINGs is
+    /// probed once (the answered probe raises what is normal, and each
+    /// answer doubles the next wait) and its call completes.
+    #[tokio::test(start_paused = true)]
+    async fn a_two_second_handler_answering_pings_is_probed_and_never_failed() {
+        let mut wire = Wire::new(FreezeDetection::default()).await;
+        wire.normal(20, Duration::from_millis(1)).await;
+        let start = Instant::now();
+        let stream = wire.call().await;
+        let mut probes = 0;
+        loop {
+            tokio::select! {
+                payload = wire.ping() => {
+                    probes += 1;
+                    wire.ack(payload).await;
+                }
+                () = tokio::time::sleep_until(start + Duration::from_secs(2)) => break,
+            }
+        }
+        wire.answer(stream).await;
+        tokio::task::yield_now().await;
+        assert_eq!(probes, 1);
+        assert!(!wire.watcher.is_finished());
+        let mut verdicts = Vec::new();
+        while let Ok((_, v)) = wire.verdicts.try_recv() {
+            verdicts.push(v);
+        }
+        assert!(
+            matches!(
+                verdicts[..],
+                [Verdict::Suspected { .. }, Verdict::Cleared { .. }]
+            ),
+            "{verdicts:?}"
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The one load generator of `cargo xtask bench`.
 //!
-//! - [`load`]: closed-loop unary echo with C workers over (a) a direct tonic
+//! - [`load`]: unary echo, closed loop with C workers (or open loop at a
+//!   fixed rate, `rate`), over (a) a direct tonic
 //!   `Channel`, (b) tonic's `balance_channel`, (c) our balancer, (d) our
 //!   balancer with every call sticky; warm-up, measured window,
 //!   hdrhistogram; also the discovery and failover probes (servers found in
@@ -31,6 +32,7 @@
 //!     stop: None,
 //!     no_grey_detection: false,
 //!     timeline: None,
+//!     rate: None,
 //! })
 //! .await?;
 //! println!("{result}");

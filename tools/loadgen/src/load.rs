@@ -1,5 +1,6 @@
-//! The closed-loop load: C workers, each sending one unary echo at a time,
-//! over one of four client stacks; a warm-up, then a measured window.
+//! The load: C workers, each sending one unary echo at a time (closed
+//! loop), or calls started at a fixed rate whatever their answers (open
+//! loop), over one of four client stacks; a warm-up, then a measured window.
 //!
 //! Every configuration goes through exactly this loop, so the only thing that
 //! differs between them is the client stack under `EchoClient`.
@@ -108,6 +109,10 @@ pub struct Config {
     /// Count successful calls per bucket of this width from the start
     /// (warm-up included) into the result's `timeline`.
     pub timeline: Option<Duration>,
+    /// Open loop: start this many calls per second whatever their answers
+    /// (each call its own task; `concurrency` and `interval` unused).
+    /// `None`: the closed loop.
+    pub rate: Option<f64>,
 }
 
 /// Wall clock in microseconds since the Unix epoch: the one clock shared by
@@ -172,6 +177,8 @@ struct WorkerResult {
     error_samples: Vec<String>,
     per_instance: HashMap<String, u64>,
     last_seen: HashMap<String, u64>,
+    /// Calls the open loop started (0 for a closed-loop worker).
+    started: u64,
 }
 
 /// Connects the configured stack and waits until it can serve.
@@ -316,7 +323,30 @@ pub async fn run(config: Config) -> Result<Value, String> {
     let measure_from = start + config.warmup;
     let end = measure_from + config.duration;
     let mut workers = Vec::with_capacity(config.concurrency);
-    for _ in 0..config.concurrency {
+    if let Some(rate) = config.rate {
+        let client = client.clone();
+        let sticky_id = sticky_id.clone();
+        let seen = seen.clone();
+        let config = config.clone();
+        let timeline = timeline.clone().map(|t| (start, t));
+        workers.push(tokio::spawn(async move {
+            open_loop(
+                client,
+                sticky_id,
+                seen,
+                &config,
+                rate,
+                (start, measure_from, end),
+                timeline,
+            )
+            .await
+        }));
+    }
+    for _ in 0..if config.rate.is_some() {
+        0
+    } else {
+        config.concurrency
+    } {
         let client = client.clone();
         let sticky_id = sticky_id.clone();
         let seen = seen.clone();
@@ -341,10 +371,12 @@ pub async fn run(config: Config) -> Result<Value, String> {
     let mut error_samples: Vec<String> = Vec::new();
     let mut per_instance: HashMap<String, u64> = HashMap::new();
     let mut last_seen: HashMap<String, u64> = HashMap::new();
+    let mut started = 0;
     for w in workers {
         let w = w.await.map_err(|e| format!("worker panicked: {e}"))?;
         hist.add(&w.hist).map_err(|e| e.to_string())?;
         ok += w.ok;
+        started += w.started;
         errors += w.errors;
         total_errors += w.total_errors;
         error_times_us.extend(w.error_times_us);
@@ -374,6 +406,8 @@ pub async fn run(config: Config) -> Result<Value, String> {
         "event": "result",
         "mode": config.mode.name(),
         "concurrency": config.concurrency,
+        "open_loop_rate": config.rate,
+        "open_loop_started": config.rate.map(|_| started),
         "warmup_s": config.warmup.as_secs_f64(),
         "duration_s": secs,
         "rps": (ok as f64 / secs).round(),
@@ -423,58 +457,49 @@ fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid histogram bounds")
 }
 
-async fn worker(
-    mut client: Client,
-    sticky_id: Option<Arc<str>>,
+impl WorkerResult {
+    fn new() -> Self {
+        Self {
+            hist: new_histogram(),
+            ok: 0,
+            errors: 0,
+            total_errors: 0,
+            error_times_us: Vec::new(),
+            error_samples: Vec::new(),
+            per_instance: HashMap::new(),
+            last_seen: HashMap::new(),
+            started: 0,
+        }
+    }
+}
+
+/// Where one worker (or the open loop's collector) records its calls.
+struct Recorder<'a> {
+    r: WorkerResult,
+    local_seen: HashSet<String>,
     seen: Arc<Mutex<HashSet<String>>>,
-    config: &Config,
+    config: &'a Config,
     measure_from: Instant,
     end: Instant,
     timeline: Option<(Instant, Timeline)>,
-) -> WorkerResult {
-    let mut r = WorkerResult {
-        hist: new_histogram(),
-        ok: 0,
-        errors: 0,
-        total_errors: 0,
-        error_times_us: Vec::new(),
-        error_samples: Vec::new(),
-        per_instance: HashMap::new(),
-        last_seen: HashMap::new(),
-    };
-    let mut local_seen: HashSet<String> = HashSet::new();
-    loop {
-        let t0 = Instant::now();
-        if t0 >= end
-            || config
-                .stop
-                .as_ref()
-                .is_some_and(|s| s.load(Ordering::Relaxed))
-        {
-            break;
-        }
-        let mut request = tonic::Request::new(EchoRequest {
-            message: "hi".into(),
-        });
-        request.set_timeout(config.timeout);
-        if let Some(id) = &sticky_id {
-            request = request.sticky(id.clone());
-        }
-        let outcome = client.unary_echo(request).await;
-        let t1 = Instant::now();
-        let measured = t0 >= measure_from && t1 <= end;
+}
+
+impl Recorder<'_> {
+    /// One call started at `t0` and answered at `t1` by `outcome` (the
+    /// instance id of the reply, or the error).
+    fn note(&mut self, t0: Instant, t1: Instant, outcome: Result<&str, &tonic::Status>) {
+        let r = &mut self.r;
+        let measured = t0 >= self.measure_from && t1 <= self.end;
         match outcome {
-            Ok(reply) => {
-                if let Some((start, t)) = &timeline {
+            Ok(id) => {
+                if let Some((start, t)) = &self.timeline {
                     let i =
                         (t1.duration_since(*start).as_nanos() / t.width.as_nanos().max(1)) as usize;
                     if let Some(c) = t.counts.get(i) {
                         c.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                let reply = reply.into_inner();
-                let id = instance_of(&reply.message);
-                if config.events {
+                if self.config.events {
                     let now = unix_us();
                     match r.last_seen.get_mut(id) {
                         Some(t) => *t = now,
@@ -482,9 +507,9 @@ async fn worker(
                             r.last_seen.insert(id.to_string(), now);
                         }
                     }
-                    if !local_seen.contains(id) {
-                        local_seen.insert(id.to_string());
-                        let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+                    if !self.local_seen.contains(id) {
+                        self.local_seen.insert(id.to_string());
+                        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
                         if seen.insert(id.to_string()) {
                             println!("{}", json!({"event": "first", "id": id, "t_us": now}));
                         }
@@ -518,11 +543,127 @@ async fn worker(
                 }
             }
         }
+    }
+
+    fn stopped(&self) -> bool {
+        self.config
+            .stop
+            .as_ref()
+            .is_some_and(|s| s.load(Ordering::Relaxed))
+    }
+}
+
+fn request(config: &Config, sticky_id: &Option<Arc<str>>) -> tonic::Request<EchoRequest> {
+    let mut request = tonic::Request::new(EchoRequest {
+        message: "hi".into(),
+    });
+    request.set_timeout(config.timeout);
+    if let Some(id) = sticky_id {
+        request = request.sticky(id.clone());
+    }
+    request
+}
+
+async fn worker(
+    mut client: Client,
+    sticky_id: Option<Arc<str>>,
+    seen: Arc<Mutex<HashSet<String>>>,
+    config: &Config,
+    measure_from: Instant,
+    end: Instant,
+    timeline: Option<(Instant, Timeline)>,
+) -> WorkerResult {
+    let mut recorder = Recorder {
+        r: WorkerResult::new(),
+        local_seen: HashSet::new(),
+        seen,
+        config,
+        measure_from,
+        end,
+        timeline,
+    };
+    loop {
+        let t0 = Instant::now();
+        if t0 >= end || recorder.stopped() {
+            break;
+        }
+        let outcome = client.unary_echo(request(config, &sticky_id)).await;
+        let t1 = Instant::now();
+        match outcome {
+            Ok(reply) => recorder.note(t0, t1, Ok(instance_of(&reply.into_inner().message))),
+            Err(status) => recorder.note(t0, t1, Err(&status)),
+        }
         if !config.interval.is_zero() {
             tokio::time::sleep(config.interval).await;
         }
     }
-    r
+    recorder.r
+}
+
+/// The open loop: calls start on a schedule of `rate` per second from
+/// `start` until `end`, each its own task, whatever became of the earlier
+/// ones; a call's latency counts from when it was due (so a stalled
+/// client shows). Each millisecond starts the calls that have come due.
+async fn open_loop(
+    client: Client,
+    sticky_id: Option<Arc<str>>,
+    seen: Arc<Mutex<HashSet<String>>>,
+    config: &Config,
+    rate: f64,
+    (start, measure_from, end): (Instant, Instant, Instant),
+    timeline: Option<(Instant, Timeline)>,
+) -> WorkerResult {
+    let mut recorder = Recorder {
+        r: WorkerResult::new(),
+        local_seen: HashSet::new(),
+        seen,
+        config,
+        measure_from,
+        end,
+        timeline,
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    // Dropped once the schedule ends: then the calls still out hold the
+    // only senders, and the loop ends with the last of them.
+    let mut tx = Some(tx);
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut started: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = tick.tick(), if tx.is_some() => {
+                let now = Instant::now();
+                let Some(sender) = tx.as_ref().filter(|_| now < end && !recorder.stopped()) else {
+                    tx = None;
+                    continue;
+                };
+                let due = (now.duration_since(start).as_secs_f64() * rate) as u64;
+                for n in started..due {
+                    let t0 = start + Duration::from_secs_f64(n as f64 / rate);
+                    let mut client = client.clone();
+                    let request = request(config, &sticky_id);
+                    let tx = sender.clone();
+                    tokio::spawn(async move {
+                        let outcome = client
+                            .unary_echo(request)
+                            .await
+                            .map(|reply| instance_of(&reply.into_inner().message).to_string());
+                        let _ = tx.send((t0, Instant::now(), outcome));
+                    });
+                }
+                started = started.max(due);
+                recorder.r.started = started;
+            }
+            done = rx.recv() => match done {
+                Some((t0, t1, outcome)) => {
+                    let outcome: &Result<String, tonic::Status> = &outcome;
+                    recorder.note(t0, t1, outcome.as_ref().map(String::as_str));
+                }
+                None => break,
+            },
+        }
+    }
+    recorder.r
 }
 
 /// Resident set size of this process, MiB.
@@ -590,6 +731,7 @@ mod tests {
                 stop: None,
                 no_grey_detection: false,
                 timeline: None,
+                rate: None,
             })
             .await
             .expect("load runs");
@@ -603,5 +745,51 @@ mod tests {
                 Mode::BalanceChannel | Mode::Balancer => assert_eq!(per.len(), 2, "{mode:?}"),
             }
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_open_loop_calls_on_its_schedule_and_ends_with_its_last_call() {
+        let one = crate::serve::serve("1", 1).await.expect("serve 1");
+        let two = crate::serve::serve("2", 1).await.expect("serve 2");
+        let result = run(Config {
+            mode: Mode::Balancer,
+            servers: Servers::List(vec![
+                ("1".into(), one[0].to_string()),
+                ("2".into(), two[0].to_string()),
+            ]),
+            concurrency: 1,
+            warmup: Duration::from_millis(50),
+            duration: Duration::from_millis(200),
+            interval: Duration::ZERO,
+            timeout: Duration::from_secs(5),
+            sticky_id: None,
+            wait_ready: None,
+            events: false,
+            stop: None,
+            no_grey_detection: false,
+            timeline: Some(Duration::from_millis(50)),
+            rate: Some(1000.0),
+        })
+        .await
+        .expect("load runs");
+        assert_eq!(result["open_loop_rate"], 1000.0, "{result}");
+        assert_eq!(result["errors"], 0, "{result}");
+        assert_eq!(
+            result["per_instance"].as_object().unwrap().len(),
+            2,
+            "{result}"
+        );
+        let answered: u64 = result["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_u64)
+            .sum();
+        // The run waited for every call it started.
+        assert_eq!(
+            Some(answered),
+            result["open_loop_started"].as_u64(),
+            "{result}"
+        );
     }
 }

@@ -21,7 +21,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Closed-loop unary echo; prints one result line.
+    /// Unary echo, closed loop (or open with `--rate`); prints one result
+    /// line.
     Run {
         /// direct | balance_channel | balancer | sticky
         #[arg(long, value_parser = Mode::parse)]
@@ -70,6 +71,10 @@ enum Cmd {
         /// `timeline`).
         #[arg(long, value_parser = humantime::parse_duration)]
         timeline: Option<Duration>,
+        /// Open loop: start this many calls per second whatever their
+        /// answers (`--concurrency` and `--interval` are then unused).
+        #[arg(long)]
+        rate: Option<f64>,
     },
     /// Serve the echo service on N loopback ports until SIGINT/SIGTERM.
     Serve {
@@ -178,6 +183,7 @@ async fn run(cmd: Cmd) -> Result<(), String> {
             stop_on_eof,
             no_grey_detection,
             timeline,
+            rate,
         } => {
             if let Some(file) = servers_file {
                 let text = std::fs::read_to_string(&file)
@@ -215,6 +221,7 @@ async fn run(cmd: Cmd) -> Result<(), String> {
                 stop: stop_on_eof.then(stop_when_stdin_closes),
                 no_grey_detection,
                 timeline,
+                rate: rate.filter(|r| *r > 0.0),
             })
             .await?;
             println!("{result}");

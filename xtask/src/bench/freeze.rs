@@ -4,7 +4,10 @@
 //! during the freeze against the seconds before it, the time from SIGSTOP
 //! to the client leaving the server out of its picks (loadgen's `avoided`
 //! event), and the calls that failed. Then that detection time over more
-//! trials (a fresh client each, SIGSTOP 1 s), for its p99. Then the
+//! trials (a fresh client each, SIGSTOP 1 s), for its p99. Then the same
+//! 5 s freeze under an open loop (calls started at a quarter of the closed
+//! loop's rate before the freeze, whatever their answers), whose failed
+//! calls are those sent to the server before it was left out. Then the
 //! happy-path cost of detection: rps at C=32 and C=128 with freeze
 //! detection and outlier ejection on vs off, alternating, same servers,
 //! and the PINGs detection sent per minute of healthy load.
@@ -58,9 +61,13 @@ fn rate(result: &Value, from: u64, to: u64) -> Option<f64> {
 /// loadgen's arguments for C=16 round robin over `servers` for `duration`,
 /// reporting the endpoints it stops picking (`--events`).
 fn watched_load(duration: Duration, servers: &[String]) -> Vec<String> {
-    let mut args: Vec<String> = ["run", "--mode", "balancer", "--concurrency", "16"]
-        .map(String::from)
-        .to_vec();
+    watched(&["--concurrency", "16"], duration, servers)
+}
+
+/// [`watched_load`] with the load given by `load` (e.g. `--rate N`).
+fn watched(load: &[&str], duration: Duration, servers: &[String]) -> Vec<String> {
+    let mut args: Vec<String> = ["run", "--mode", "balancer"].map(String::from).to_vec();
+    args.extend(load.iter().map(|a| a.to_string()));
     args.extend(["--warmup".into(), "0s".into(), "--duration".into()]);
     args.push(format!("{}ms", duration.as_millis()));
     args.push("--events".into());
@@ -82,54 +89,15 @@ pub(super) fn run(bench: &mut Bench<'_>, plan: &Plan) -> Result<Value> {
         .collect();
 
     eprintln!("xtask bench: freeze, SIGSTOP one of 3 servers for 5 s under C=16");
-    let total = BEFORE + FREEZE + AFTER;
-    let mut args = watched_load(total, &list);
-    args.extend(["--timeline".into(), format!("{}ms", BUCKET.as_millis())]);
-    let lg = bench.loadgen("loadgen-freeze", &args)?;
-    bench.procs[lg].expect(Duration::from_secs(30), "start", |l| {
-        l.contains("\"started\"")
-    })?;
-    thread::sleep(BEFORE);
     let (frozen, frozen_id, _) = servers[2].clone();
     let pid = bench.procs[frozen].pid();
-    let t_stop = kill("-STOP", pid);
-    let stopped = Instant::now();
-    let avoided = bench.procs[lg].expect(FREEZE, "avoided event", |l| {
-        l.contains("\"avoided\"") && l.contains(&format!("\"id\":\"{frozen_id}\""))
-    });
-    thread::sleep(FREEZE.saturating_sub(stopped.elapsed()));
-    let t_cont = kill("-CONT", pid);
-    let result = bench.result(lg, AFTER + Duration::from_secs(60))?;
-    let (suspect_ms, why) = match &avoided {
-        Ok((_, line)) => {
-            let event: Value = serde_json::from_str(line)?;
-            let t = event["t_us"].as_u64().unwrap_or(t_stop);
-            (
-                json!((ms(t, t_stop) * 10.0).round() / 10.0),
-                event["why"].clone(),
-            )
-        }
-        Err(_) => (
-            Value::Null,
-            json!("not left out of the picks during the freeze"),
-        ),
-    };
-    let started = result["start_unix_us"].as_u64().unwrap_or(t_stop);
-    let baseline_from = (t_stop - BASELINE.as_micros() as u64).max(started + 1_000_000);
-    let before = rate(&result, baseline_from, t_stop);
-    let during = rate(&result, t_stop, t_cont);
-    let ratio = ratio3(during, before);
-    let freeze = json!({
-        "before_rps": before.map(f64::round),
-        "during_rps": during.map(f64::round),
-        "goodput_ratio": ratio,
-        "suspect_ms": suspect_ms,
-        "why": why,
-        "failed": result["total_errors"],
-        "error_samples": result["error_samples"],
-        "frozen_s": ms(t_cont, t_stop) / 1000.0,
-        "per_instance": result["per_instance"],
-    });
+    let freeze = five_seconds(
+        bench,
+        "loadgen-freeze",
+        watched_load(total(), &list),
+        pid,
+        frozen_id,
+    )?;
 
     // Detection time over more trials: a fresh client each (it reports a
     // server left out once), the server stopped for 1 s.
@@ -172,6 +140,20 @@ pub(super) fn run(bench: &mut Bench<'_>, plan: &Plan) -> Result<Value> {
         "p99_ms": sorted.last(),
         "failed_calls": trial_failed,
     });
+
+    // The same freeze under an open loop at a quarter of the closed loop's
+    // rate: calls start on schedule, each its own task (dearer than the
+    // closed loop's), so it has room on a busy machine; the frozen server's
+    // share of the calls until it is left out is what fails, whatever the
+    // rate.
+    let rate = freeze["before_rps"].as_f64().unwrap_or(10_000.0) / 4.0;
+    eprintln!(
+        "xtask bench: freeze, SIGSTOP one of 3 servers for 5 s under an open loop of {rate:.0}/s"
+    );
+    let rate_arg = format!("{rate:.0}");
+    let args = watched(&["--rate", &rate_arg], total(), &list);
+    let mut open = five_seconds(bench, "loadgen-freeze-open", args, pid, frozen_id)?;
+    open["rate"] = json!(rate.round());
 
     // Happy path: detection on vs off, alternating so drift hits both, at
     // C=32 and C=128.
@@ -249,8 +231,84 @@ pub(super) fn run(bench: &mut Bench<'_>, plan: &Plan) -> Result<Value> {
     happy.insert("pinned".into(), json!(bench.pin));
     Ok(json!({
         "freeze": freeze,
+        "open_loop": open,
         "detection": detection,
         "happy_path": happy,
+    }))
+}
+
+fn total() -> Duration {
+    BEFORE + FREEZE + AFTER
+}
+
+/// "… with N calls in flight …" of a suspicion's reason.
+fn in_flight(why: &Value) -> Value {
+    why.as_str()
+        .and_then(|w| {
+            w.split_once(" with ")?
+                .1
+                .split_once(" calls in flight")
+                .map(|(n, _)| n.parse::<u64>().ok())
+        })
+        .flatten()
+        .map_or(Value::Null, |n| json!(n))
+}
+
+/// Runs loadgen with `args` (a `watched` load of `total()`), SIGSTOPs the
+/// server `pid` (instance `frozen_id`) for [`FREEZE`] after [`BEFORE`], and
+/// measures goodput during the freeze against the seconds before, the time
+/// to the `avoided` event and the failed calls.
+fn five_seconds(
+    bench: &mut Bench<'_>,
+    name: &str,
+    mut args: Vec<String>,
+    pid: u32,
+    frozen_id: &str,
+) -> Result<Value> {
+    args.extend(["--timeline".into(), format!("{}ms", BUCKET.as_millis())]);
+    let lg = bench.loadgen(name, &args)?;
+    bench.procs[lg].expect(Duration::from_secs(30), "start", |l| {
+        l.contains("\"started\"")
+    })?;
+    thread::sleep(BEFORE);
+    let t_stop = kill("-STOP", pid);
+    let stopped = Instant::now();
+    let avoided = bench.procs[lg].expect(FREEZE, "avoided event", |l| {
+        l.contains("\"avoided\"") && l.contains(&format!("\"id\":\"{frozen_id}\""))
+    });
+    thread::sleep(FREEZE.saturating_sub(stopped.elapsed()));
+    let t_cont = kill("-CONT", pid);
+    let result = bench.result(lg, AFTER + Duration::from_secs(60))?;
+    let (suspect_ms, why) = match &avoided {
+        Ok((_, line)) => {
+            let event: Value = serde_json::from_str(line)?;
+            let t = event["t_us"].as_u64().unwrap_or(t_stop);
+            (
+                json!((ms(t, t_stop) * 10.0).round() / 10.0),
+                event["why"].clone(),
+            )
+        }
+        Err(_) => (
+            Value::Null,
+            json!("not left out of the picks during the freeze"),
+        ),
+    };
+    let started = result["start_unix_us"].as_u64().unwrap_or(t_stop);
+    let baseline_from = (t_stop - BASELINE.as_micros() as u64).max(started + 1_000_000);
+    let before = rate(&result, baseline_from, t_stop);
+    let during = rate(&result, t_stop, t_cont);
+    let ratio = ratio3(during, before);
+    Ok(json!({
+        "before_rps": before.map(f64::round),
+        "during_rps": during.map(f64::round),
+        "goodput_ratio": ratio,
+        "suspect_ms": suspect_ms,
+        "why": why,
+        "failed": result["total_errors"],
+        "error_samples": result["error_samples"],
+        "frozen_s": ms(t_cont, t_stop) / 1000.0,
+        "in_flight_at_suspicion": in_flight(&why),
+        "per_instance": result["per_instance"],
     }))
 }
 
@@ -263,6 +321,10 @@ pub(super) fn results(d: &Value) -> Value {
         "goodput_ratio": d["freeze"]["goodput_ratio"],
         "suspect_ms": d["freeze"]["suspect_ms"],
         "failed": d["freeze"]["failed"],
+        "in_flight_at_suspicion": d["freeze"]["in_flight_at_suspicion"],
+        "open_loop_goodput_ratio": d["open_loop"]["goodput_ratio"],
+        "open_loop_suspect_ms": d["open_loop"]["suspect_ms"],
+        "open_loop_failed": d["open_loop"]["failed"],
         "detection_p99_ms": d["detection"]["p99_ms"],
         "happy_path_ratio_c32": d["happy_path"]["c32"]["ratio"],
         "happy_path_ratio_c128": d["happy_path"]["c128"]["ratio"],
@@ -287,7 +349,19 @@ pub(super) fn print(d: &Value) {
         "| SIGSTOP → left out of the picks, 5 s freeze | {} ms ({}) |",
         f["suspect_ms"], f["why"]
     );
-    println!("| failed calls, 5 s freeze | {} |", f["failed"]);
+    println!(
+        "| failed calls, 5 s freeze | {} (in flight on it when left out: {}) |",
+        f["failed"], f["in_flight_at_suspicion"]
+    );
+    let o = &d["open_loop"];
+    println!(
+        "| open loop of {}/s: goodput during the 5 s freeze / before | {} ({} rps / {} rps) |",
+        o["rate"], o["goodput_ratio"], o["during_rps"], o["before_rps"]
+    );
+    println!(
+        "| open loop: SIGSTOP → left out of the picks; failed calls | {} ms; {} failed (in flight on it when left out: {}) |",
+        o["suspect_ms"], o["failed"], o["in_flight_at_suspicion"]
+    );
     println!(
         "| SIGSTOP → left out of the picks, {} trials of 1 s | p50 {} ms, p99 (max) {} ms, all {} ({} detected; {} calls failed) |",
         t["trials"], t["p50_ms"], t["p99_ms"], t["ms"], t["detected"], t["failed_calls"]
