@@ -46,6 +46,7 @@
 //! ```
 
 mod builder;
+mod mux;
 mod resolution;
 mod resolver;
 

@@ -9,14 +9,13 @@ use std::{
 
 use etcd::Members;
 use etcd::{Decoded, Entry, Secured, decode_value, describe, diagnose, key_prefix, shorten};
-use etcd_client::{
-    Client, ConnectOptions, EventType, GetOptions, KeyValue, WatchOptions, WatchStream,
-};
+use etcd_client::{Client, ConnectOptions, EventType, GetOptions, KeyValue, WatchOptions};
 use tokio::time::{Instant, timeout};
 use tracing::{Instrument, debug, info, warn};
 
 use crate::{
     Backoff,
+    mux::{Mux, Watch},
     resolution::{Feed, Health, Resolution, Shared},
 };
 
@@ -62,6 +61,8 @@ pub struct Resolver {
     pub(crate) members: Option<Members>,
     /// The prefixes followed through this client: shared by clones.
     feeds: Arc<Mutex<HashMap<String, Weak<Feed>>>>,
+    /// The one watch stream of this client, carrying every prefix's watch.
+    mux: Mux,
     lag_limit: usize,
     #[cfg(test)]
     pub(crate) before_watch: Option<Hook>,
@@ -86,6 +87,7 @@ impl Resolver {
     pub fn new(client: Client, prefix: impl Into<String>) -> Self {
         let prefix = prefix.into();
         Self {
+            mux: Mux::new(client.clone()),
             client,
             key_prefix: key_prefix(&prefix),
             secured: Secured::default(),
@@ -311,13 +313,13 @@ impl Resolver {
 
     /// Re-opens the watch of the prefix from `revision + 1`, after a broken
     /// stream.
-    async fn rewatch(&mut self, revision: i64) -> Result<WatchStream, String> {
+    async fn rewatch(&mut self, revision: i64) -> Result<Watch, String> {
         self.open_watch(revision, "re-opening the watch").await
     }
 
     /// Lists the prefix at one revision R and opens a watch from R + 1; only
     /// once both worked is the list applied (diffed against the current set).
-    async fn sync(&mut self, shared: &Shared) -> Result<(WatchStream, i64, usize), String> {
+    async fn sync(&mut self, shared: &Shared) -> Result<(Watch, i64, usize), String> {
         let (fresh, revision) = self.list().await?;
 
         #[cfg(test)]
@@ -330,19 +332,16 @@ impl Resolver {
         Ok((watch, revision, changed))
     }
 
-    /// Opens a watch of the prefix from `revision + 1` (with the previous
-    /// values, for deletes) and waits until etcd says it created it, so a
-    /// watch etcd refused (e.g. the revision was compacted) is an error here
-    /// and not a silent first message; `what` names the step in errors.
-    async fn open_watch(&mut self, revision: i64, what: &str) -> Result<WatchStream, String> {
+    /// Adds a watch of the prefix from `revision + 1` to the client's watch
+    /// stream and waits until etcd says it created it, so a watch etcd
+    /// refused (e.g. the revision was compacted) is an error here and not a
+    /// silent first message; `what` names the step in errors.
+    async fn open_watch(&mut self, revision: i64, what: &str) -> Result<Watch, String> {
         let options = WatchOptions::new()
             .with_prefix()
-            .with_start_revision(revision + 1)
-            .with_prev_key();
-        let key = self.key_prefix.clone();
-        let mut watch = self
-            .timed(what, self.client.clone().watch(key, Some(options)))
-            .await?;
+            .with_start_revision(revision + 1);
+        let key = self.key_prefix.clone().into_bytes();
+        let mut watch = self.mux.watch(key, options, self.request_timeout);
         match self.timed(what, watch.message()).await? {
             None => Err("watch stream ended before the watch was created".into()),
             Some(resp) if resp.canceled() => Err(cancel_reason(&resp)),
@@ -400,7 +399,7 @@ impl Resolver {
     /// starts.
     async fn follow_until_lost(
         &self,
-        watch: WatchStream,
+        watch: Watch,
         revision: i64,
         shared: &Shared,
     ) -> (Option<i64>, Option<(Instant, String)>) {
@@ -415,7 +414,7 @@ impl Resolver {
 
     async fn follow(
         &self,
-        mut watch: WatchStream,
+        mut watch: Watch,
         mut revision: i64,
         shared: &Shared,
     ) -> (String, Option<i64>) {
@@ -439,7 +438,12 @@ impl Resolver {
                         }
                     }));
                 }
-                Ok(None) => return ("watch stream ended".into(), Some(revision)),
+                Ok(None) => {
+                    return (
+                        "watch dropped from the shared stream: it fell behind".into(),
+                        Some(revision),
+                    );
+                }
                 Err(e) => {
                     return (
                         format!("watch stream error: {}", describe(&e)),
