@@ -239,27 +239,39 @@ impl Resolver {
         // watch broke in a way another member can resume.
         let mut resume: Option<i64> = None;
         loop {
-            if let Some(revision) = resume.take() {
+            if let Some(revision) = resume {
                 match self.rewatch(revision).await {
                     Ok(watch) => {
                         if let Some((since, reason)) = outage.take() {
                             info!(
                                 %reason,
                                 took_ms = since.elapsed().as_millis() as u64,
+                                attempts = failures + 1,
                                 revision,
                                 "resolver re-opened its watch from the last revision seen"
                             );
                         }
+                        failures = 0;
                         (resume, outage) = self.follow_until_lost(watch, revision, &shared).await;
-                        continue;
                     }
-                    Err(error) => {
-                        // E.g. compacted meanwhile, or no member reachable:
-                        // list again (diffed, so the set stays exact).
+                    Err(error) if error.relist => {
+                        // Compacted meanwhile: list again (diffed, so the
+                        // set stays exact).
                         debug!(%error, revision, "cannot resume the watch; listing again");
                         relisted(&self.key_prefix, "resume_failed");
+                        resume = None;
+                    }
+                    Err(error) => {
+                        // No member reachable, or none with a leader: the
+                        // events after `revision` are still in etcd's
+                        // history, so resume from there once one is back
+                        // rather than list (which would lose the keys
+                        // added and removed meanwhile).
+                        self.back_off(&mut failures, error.message, &mut outage, &shared)
+                            .await;
                     }
                 }
+                continue;
             }
             match self.sync(&shared).await {
                 Ok((watch, revision, changed)) => {
@@ -283,44 +295,57 @@ impl Resolver {
                     (resume, outage) = self.follow_until_lost(watch, revision, &shared).await;
                 }
                 Err(error) => {
-                    let delay = self.backoff.delay(failures);
-                    failures = failures.saturating_add(1);
-                    if failures == 1 {
-                        // Once per outage: with etcd down or no member that
-                        // has a leader, this repeats until it is back.
-                        warn!(
-                            %error,
-                            retry_in_ms = delay.as_millis() as u64,
-                            "resolver cannot list and watch etcd; keeping the last known set"
-                        );
-                    } else {
-                        debug!(%error, attempt = failures, retry_in_ms = delay.as_millis() as u64, "resolver still cannot list and watch etcd");
-                    }
-                    shared.set_health(Health::Outage(error.clone()));
-                    if outage.is_none() {
-                        outage = Some((Instant::now(), error));
-                    }
-                    let no_member_ready = self.members.as_ref().and_then(Members::ready) == Some(0);
-                    let wake = Instant::now() + delay;
-                    let members = self.members.as_ref();
-                    if etcd::retry_wait(members, wake, no_member_ready).await {
-                        debug!("an etcd member is ready again; listing now");
-                    }
+                    self.back_off(&mut failures, error.message, &mut outage, &shared)
+                        .await;
                 }
             }
         }
     }
 
+    /// After a failed attempt: marks the outage (health, logged once per
+    /// outage) and waits out the backoff, cut short when no member was
+    /// ready and one is again.
+    async fn back_off(
+        &self,
+        failures: &mut u32,
+        error: String,
+        outage: &mut Option<(Instant, String)>,
+        shared: &Shared,
+    ) {
+        let delay = self.backoff.delay(*failures);
+        *failures = failures.saturating_add(1);
+        if *failures == 1 {
+            // Once per outage: with etcd down or no member that has a
+            // leader, this repeats until it is back.
+            warn!(
+                %error,
+                retry_in_ms = delay.as_millis() as u64,
+                "resolver cannot list and watch etcd; keeping the last known set"
+            );
+        } else {
+            debug!(%error, attempt = *failures, retry_in_ms = delay.as_millis() as u64, "resolver still cannot list and watch etcd");
+        }
+        shared.set_health(Health::Outage(error.clone()));
+        if outage.is_none() {
+            *outage = Some((Instant::now(), error));
+        }
+        let no_member_ready = self.members.as_ref().and_then(Members::ready) == Some(0);
+        let wake = Instant::now() + delay;
+        if etcd::retry_wait(self.members.as_ref(), wake, no_member_ready).await {
+            debug!("an etcd member is ready again; trying now");
+        }
+    }
+
     /// Re-opens the watch of the prefix from `revision + 1`, after a broken
     /// stream.
-    async fn rewatch(&mut self, revision: i64) -> Result<Watch, String> {
+    async fn rewatch(&mut self, revision: i64) -> Result<Watch, OpenError> {
         self.open_watch(revision, "re-opening the watch").await
     }
 
     /// Lists the prefix at one revision R and opens a watch from R + 1; only
     /// once both worked is the list applied (diffed against the current set).
-    async fn sync(&mut self, shared: &Shared) -> Result<(Watch, i64, usize), String> {
-        let (fresh, revision) = self.list().await?;
+    async fn sync(&mut self, shared: &Shared) -> Result<(Watch, i64, usize), OpenError> {
+        let (fresh, revision) = self.list().await.map_err(OpenError::retry)?;
 
         #[cfg(test)]
         if let Some(hook) = &self.before_watch {
@@ -336,16 +361,33 @@ impl Resolver {
     /// stream and waits until etcd says it created it, so a watch etcd
     /// refused (e.g. the revision was compacted) is an error here and not a
     /// silent first message; `what` names the step in errors.
-    async fn open_watch(&mut self, revision: i64, what: &str) -> Result<Watch, String> {
+    async fn open_watch(&mut self, revision: i64, what: &str) -> Result<Watch, OpenError> {
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(revision + 1);
         let key = self.key_prefix.clone().into_bytes();
         let mut watch = self.mux.watch(key, options, self.request_timeout);
-        match self.timed(what, watch.message()).await? {
-            None => Err("watch stream ended before the watch was created".into()),
-            Some(resp) if resp.canceled() => Err(cancel_reason(&resp)),
-            Some(_) => Ok(watch),
+        match self
+            .timed(what, watch.message())
+            .await
+            .map_err(OpenError::retry)?
+        {
+            None => Err(OpenError::retry(
+                "watch dropped before it was created".into(),
+            )),
+            Some(resp) if resp.canceled() => Err(OpenError {
+                message: cancel_reason(&resp),
+                relist: resp.compact_revision() > 0,
+            }),
+            Some(resp) => match resp.header().map(|h| h.revision()) {
+                // A new etcd (its data lost) would never send the events
+                // after `revision`.
+                Some(now) if now < revision => Err(OpenError {
+                    message: format!("etcd's revision went back from {revision} to {now}"),
+                    relist: true,
+                }),
+                _ => Ok(watch),
+            },
         }
     }
 
@@ -498,6 +540,31 @@ impl Resolver {
                 self.request_timeout
             )),
         }
+    }
+}
+
+/// Why a watch could not be opened.
+#[derive(Debug)]
+struct OpenError {
+    message: String,
+    /// etcd no longer has the events after the revision asked for
+    /// (compacted): only listing again can catch up.
+    relist: bool,
+}
+
+impl OpenError {
+    /// A failure that another attempt may not have (no member, no leader).
+    fn retry(message: String) -> Self {
+        Self {
+            message,
+            relist: false,
+        }
+    }
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
     }
 }
 
