@@ -46,6 +46,12 @@ pub(crate) type Hook =
 /// etcd one watcher. The first resolution's settings (backoff, page size,
 /// timeouts) are the watch's. Dropping the last resolution of a prefix ends
 /// its watch.
+///
+/// **One watch stream per client.** The watches of all those prefixes
+/// travel on one gRPC watch stream (as with Go's clientv3), on one etcd
+/// member: a thousand services cost etcd one stream, not a thousand. When
+/// that member dies or loses its leader, every watch moves to another
+/// member at once, each from the last revision it applied.
 #[derive(Clone)]
 pub struct Resolver {
     pub(crate) client: Client,
@@ -158,10 +164,11 @@ impl Resolver {
         self
     }
 
-    /// How many changed keys a resolution that does not keep up may have
-    /// pending, beyond the size of the set, before it is resynchronised
-    /// from the current set (the difference from what it emitted) instead:
-    /// what bounds the memory a stalled consumer costs. Default
+    /// How many changes a resolution that does not keep up may leave
+    /// unread, beyond the size of the set, before they are dropped and it
+    /// gets the whole current set as one `Reset` instead: what bounds the
+    /// memory the shared log of changes holds for a stalled consumer (one
+    /// log per prefix, whatever the number of resolutions). Default
     /// [`LAG_LIMIT`](crate::LAG_LIMIT) (4 096); at least 1.
     pub fn lag_limit(mut self, keys: usize) -> Self {
         self.lag_limit = keys.max(1);
@@ -190,10 +197,12 @@ impl Resolver {
     /// A [`Resolution`] of the prefix: the current set, then every change.
     ///
     /// The first resolution of a prefix starts the task that follows it: it
-    /// lists the prefix, then watches it from the next revision; on a
-    /// canceled watch (compaction), a watch error or a lost connection it
-    /// lists again after a backoff and emits only what differs; meanwhile the
-    /// last known set stays as it was. Later resolutions of the same prefix
+    /// lists the prefix, then watches it from the next revision; on a watch
+    /// error or a lost connection it re-opens the watch from the last
+    /// revision it applied (on another member, retrying with a backoff), and
+    /// on a watch canceled for compaction it lists again and emits only what
+    /// differs; meanwhile the last known set stays as it was. Later
+    /// resolutions of the same prefix
     /// from this resolver or its clones join that task (the whole current
     /// set first, then the changes, with no gap and no duplicate).
     ///
