@@ -121,6 +121,10 @@ impl State {
 /// One consumer: where it reads the log.
 #[derive(Debug)]
 struct Subscriber {
+    /// Whether it has read anything: it takes the set it starts with at its
+    /// first read, so one that never reads holds neither a copy of the set
+    /// nor the log.
+    started: bool,
     /// The sequence number of the next change it reads; below the log's
     /// first, it missed changes and reads the whole set next.
     next: u64,
@@ -169,9 +173,10 @@ impl Shared {
         let slowest = state
             .subscribers
             .values()
+            // One that lags already reads the whole set, not the log; one
+            // that has not started reads the set first.
+            .filter(|s| s.started && s.next >= state.first)
             .map(|s| s.next)
-            // One that lags already reads the whole set, not the log.
-            .filter(|&next| next >= state.first)
             .min()
             .unwrap_or(head);
         let before = state.first;
@@ -194,7 +199,7 @@ impl Shared {
         let mut wakers = Vec::new();
         let mut resynced = 0u64;
         for subscriber in state.subscribers.values_mut() {
-            if subscriber.next < first && subscriber.next >= before {
+            if subscriber.started && subscriber.next < first && subscriber.next >= before {
                 // Newly past the limit: it will read the whole set instead.
                 resynced += 1;
                 if !subscriber.logged {
@@ -305,22 +310,22 @@ impl Shared {
         }
     }
 
-    /// A new consumer and the set it starts with (sorted by key); it reads
-    /// the changes made after it.
-    fn subscribe(&self) -> (u64, Vec<Pair>) {
+    /// A new consumer; at its first read it takes the current set, then
+    /// reads the changes made after that.
+    fn subscribe(&self) -> u64 {
         let mut state = self.lock();
         let id = state.next_subscriber;
         state.next_subscriber += 1;
-        let next = state.head();
         state.subscribers.insert(
             id,
             Subscriber {
-                next,
+                started: false,
+                next: 0,
                 waker: None,
                 logged: false,
             },
         );
-        (id, state.sorted())
+        id
     }
 
     fn unsubscribe(&self, id: u64) {
@@ -372,11 +377,11 @@ pub struct Resolution {
 impl Resolution {
     /// A new subscriber of `feed`.
     pub(crate) fn subscribe(feed: Arc<Feed>) -> Self {
-        let (id, first) = feed.shared.subscribe();
+        let id = feed.shared.subscribe();
         Self {
             feed,
             id,
-            first: first.into(),
+            first: VecDeque::new(),
             skipped: HashMap::new(),
         }
     }
@@ -429,6 +434,22 @@ impl Stream for Resolution {
         let mut guard = this.feed.shared.lock();
         let state = &mut *guard;
         let head = state.head();
+        let starting = match state.subscribers.get_mut(&this.id) {
+            None => return Poll::Ready(None),
+            Some(subscriber) if !subscriber.started => {
+                subscriber.started = true;
+                subscriber.next = head;
+                true
+            }
+            Some(_) => false,
+        };
+        if starting {
+            // The set as it is now, then the changes after it.
+            this.first = state.sorted().into();
+            if let Some((key, entry)) = this.first.pop_front() {
+                return Poll::Ready(Some(insert(&key, &entry)));
+            }
+        }
         let Some(subscriber) = state.subscribers.get_mut(&this.id) else {
             return Poll::Ready(None);
         };
@@ -616,10 +637,23 @@ mod tests {
         assert_eq!(drain(&mut stopped).len(), 50);
         shared.apply([("k/0".to_string(), Some(entry("10.0.0.0:1", "x")))]);
         assert_eq!(log_len(), 1);
-        // A reader that goes away holds nothing back.
         for r in &mut readers {
             assert_eq!(drain(r).len(), 1);
         }
+        assert_eq!(drain(&mut stopped).len(), 1);
+        // One that never read holds nothing back, and starts with the set
+        // as it is when it first reads.
+        let mut idle = Resolution::subscribe(feed.clone());
+        for i in 0..10 {
+            shared.apply([(format!("k/{i}"), Some(entry(&format!("10.0.0.{i}:2"), "x")))]);
+            for r in readers.iter_mut().chain([&mut stopped]) {
+                assert_eq!(drain(r).len(), 1);
+            }
+        }
+        assert_eq!(log_len(), 1);
+        assert_eq!(drain(&mut idle).len(), shared.len());
+        drop(idle);
+        // A reader that goes away holds nothing back.
         drop(stopped);
         shared.apply([("k/0".to_string(), None)]);
         assert_eq!(log_len(), 1);

@@ -164,15 +164,23 @@ async fn a_consumer_that_stops_reading_delays_no_other_and_comes_back_consistent
         .await
         .expect("resolver")
         .lag_limit(LIMIT);
+    let seed = format!("{prefix}/seed:1");
+    client
+        .put(seed.clone(), value("seed:1"), None)
+        .await
+        .expect("put");
     let mut stalled = resolver.clone().resolve();
     let mut stalled_set = BTreeMap::new();
     let mut reader = resolver.resolve();
     let mut reader_set = BTreeMap::new();
+    // Both read the first set; then one stops reading.
+    until_set(&mut stalled, &mut stalled_set, &[&seed]).await;
+    until_set(&mut reader, &mut reader_set, &[&seed]).await;
 
     // Churn: each put a new key, the oldest deleted past 10 live keys, far
     // more changed keys than the lag limit allows the stalled one.
     let churn = 4 * LIMIT;
-    let mut live = std::collections::VecDeque::new();
+    let mut live = std::collections::VecDeque::from([seed]);
     for i in 0..churn {
         let key = format!("{prefix}/10.0.{}.{}:1", i / 250, i % 250);
         let addr = key.rsplit('/').next().expect("addr").to_owned();
