@@ -2,35 +2,57 @@
 //! snapshot of the current set.
 //!
 //! One task per prefix and client (see [`Resolver::resolve`](crate::Resolver::resolve))
-//! writes the current set into a [`Shared`] and marks the keys it changed in
-//! every subscriber's queue; each [`Resolution`] subscribed to it reads its
-//! marked keys, compares each with what it last emitted for that key and
-//! emits the difference. So a consumer that falls behind gets the net change
-//! (a key added and removed meanwhile emits nothing), the task never waits for
-//! any consumer, and one slow consumer never delays another. A queue is a set
-//! of keys, bounded by the keys that changed; past the lag limit
-//! ([`LAG_LIMIT`] by default) keys more
-//! than the set holds, it is dropped and the consumer is resynchronised from
-//! the current set (the difference from what it emitted; counted in
-//! `resolver_resyncs` and logged once per consumer).
+//! writes the current set into a [`Shared`] and appends every change it
+//! makes to one log that all subscribers of the prefix read, each from its
+//! own position: a broadcast ring. The task never waits for any consumer,
+//! and one slow consumer never delays another. A consumer that reads late
+//! gets the net change per key: a change the log already has a later one
+//! for is skipped, remembering only what the consumer had for that key
+//! until it reads the last one (so a key added and removed meanwhile, or
+//! changed and changed back, says nothing). The log holds only what the
+//! slowest subscriber has not read yet, and never more than the lag limit
+//! ([`LAG_LIMIT`] by default) plus the set's size: past that its oldest
+//! changes are dropped, and a subscriber that had not read them gets the
+//! whole current set as one [`Change::Reset`] instead (counted in
+//! `resolver_resyncs`, logged once per consumer). So what a consumer costs
+//! does not grow with its lag, nor the log with the number of consumers: a
+//! subscriber that keeps up is its position and its waker.
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{HashMap, VecDeque},
     pin::Pin,
     sync::{Arc, Mutex, MutexGuard},
     task::{Context, Poll, Waker},
 };
 
-use discover::Change;
+use discover::{Change, Endpoint};
 use futures::Stream;
 use tokio::{sync::watch, task::AbortHandle};
 
 use etcd::Entry;
 
-/// How many changed keys a consumer may have pending, beyond the size of
-/// the set, before its queue is dropped and it is resynchronised from the
-/// current set: the default of [`Resolver::lag_limit`](crate::Resolver::lag_limit).
+/// How many changes a consumer may have left unread, beyond the size of
+/// the set, before the oldest are dropped and it is resynchronised from the
+/// current set (a [`Change::Reset`]): the default of
+/// [`Resolver::lag_limit`](crate::Resolver::lag_limit).
 pub const LAG_LIMIT: usize = 4096;
+
+/// One change of the set: the key, its entry before and after (`None`:
+/// absent).
+type Changed = (Arc<str>, Option<Arc<Entry>>, Option<Arc<Entry>>);
+
+/// A key and its entry, as the set holds them.
+type Pair = (Arc<str>, Arc<Entry>);
+
+/// One change in the log.
+#[derive(Debug)]
+struct Logged {
+    key: Arc<str>,
+    before: Option<Arc<Entry>>,
+    after: Option<Arc<Entry>>,
+    /// The log has a later change of the same key: a reader skips this one.
+    superseded: bool,
+}
 
 /// The current set of one prefix, shared by the task that follows etcd
 /// (writer) and every [`Resolution`] of it (readers).
@@ -64,36 +86,51 @@ pub enum Health {
 
 #[derive(Debug, Default)]
 struct State {
-    /// Key → entry; subscribers keep the `Arc` of what they emitted.
+    /// Key → entry; the log and the subscribers' first sets point at the
+    /// same entries.
     current: HashMap<Arc<str>, Arc<Entry>>,
+    /// The changes some subscriber has not read yet, oldest first.
+    log: VecDeque<Logged>,
+    /// The sequence number of `log[0]`.
+    first: u64,
+    /// Key → the sequence number of its last change in the log.
+    latest: HashMap<Arc<str>, u64>,
     subscribers: HashMap<u64, Subscriber>,
     next_subscriber: u64,
     closed: bool,
 }
 
-/// One consumer's pending keys.
-#[derive(Debug, Default)]
-struct Subscriber {
-    dirty: VecDeque<Arc<str>>,
-    dirty_set: HashSet<Arc<str>>,
-    waker: Option<Waker>,
-    /// Its queue overflowed: compare everything it emitted with the set.
-    resync: bool,
-    /// Whether its first resync was logged.
-    logged: bool,
+impl State {
+    /// The sequence number the next change will get.
+    fn head(&self) -> u64 {
+        self.first + self.log.len() as u64
+    }
+
+    /// The current set, sorted by key.
+    fn sorted(&self) -> Vec<Pair> {
+        let mut all: Vec<Pair> = self
+            .current
+            .iter()
+            .map(|(k, e)| (k.clone(), e.clone()))
+            .collect();
+        all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
 }
 
-impl Subscriber {
-    fn mark(&mut self, key: &Arc<str>) -> bool {
-        if self.resync {
-            return false;
-        }
-        if self.dirty_set.insert(key.clone()) {
-            self.dirty.push_back(key.clone());
-            return true;
-        }
-        false
-    }
+/// One consumer: where it reads the log.
+#[derive(Debug)]
+struct Subscriber {
+    /// Whether it has read anything: it takes the set it starts with at its
+    /// first read, so one that never reads holds neither a copy of the set
+    /// nor the log.
+    started: bool,
+    /// The sequence number of the next change it reads; below the log's
+    /// first, it missed changes and reads the whole set next.
+    next: u64,
+    waker: Option<Waker>,
+    /// Whether its first resync was logged.
+    logged: bool,
 }
 
 impl Shared {
@@ -110,36 +147,72 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Marks `keys` for every subscriber, drops the queues that grew past
-    /// the limit, and wakes those that have something new.
-    fn mark_all(&self, mut state: MutexGuard<'_, State>, keys: &[Arc<str>]) {
-        if keys.is_empty() {
+    /// Appends `changes` to the log, drops what every subscriber has read
+    /// and what is past the lag limit, and wakes the waiting subscribers.
+    fn publish(&self, mut state: MutexGuard<'_, State>, changes: Vec<Changed>) {
+        if changes.is_empty() {
             return;
         }
-        let limit = self.lag_limit + state.current.len();
+        for (key, before, after) in changes {
+            let seq = state.head();
+            if let Some(earlier) = state.latest.insert(key.clone(), seq)
+                && let Some(i) = earlier.checked_sub(state.first)
+                && let Some(logged) = state.log.get_mut(i as usize)
+            {
+                logged.superseded = true;
+            }
+            state.log.push_back(Logged {
+                key,
+                before,
+                after,
+                superseded: false,
+            });
+        }
+        let head = state.head();
+        let limit = (self.lag_limit + state.current.len()) as u64;
+        let slowest = state
+            .subscribers
+            .values()
+            // One that lags already reads the whole set, not the log; one
+            // that has not started reads the set first.
+            .filter(|s| s.started && s.next >= state.first)
+            .map(|s| s.next)
+            .min()
+            .unwrap_or(head);
+        let before = state.first;
+        let keep_from = slowest.max(head.saturating_sub(limit)).min(head);
+        if keep_from > before {
+            let state = &mut *state;
+            for dropped in state.log.drain(..(keep_from - before) as usize) {
+                if !dropped.superseded {
+                    state.latest.remove(&dropped.key);
+                }
+            }
+            state.first = keep_from;
+            // A burst (a list of many keys) leaves a large buffer behind.
+            let len = state.log.len();
+            if state.log.capacity() > 1024 && state.log.capacity() > 4 * len {
+                state.log.shrink_to(2 * len);
+            }
+        }
+        let first = state.first;
         let mut wakers = Vec::new();
         let mut resynced = 0u64;
         for subscriber in state.subscribers.values_mut() {
-            let mut marked = false;
-            for key in keys {
-                marked |= subscriber.mark(key);
-            }
-            if subscriber.dirty.len() > limit {
-                subscriber.dirty = VecDeque::new();
-                subscriber.dirty_set = HashSet::new();
-                subscriber.resync = true;
+            if subscriber.started && subscriber.next < first && subscriber.next >= before {
+                // Newly past the limit: it will read the whole set instead.
                 resynced += 1;
                 if !subscriber.logged {
                     subscriber.logged = true;
                     tracing::warn!(
                         prefix = %self.prefix,
                         limit,
-                        "a consumer of the resolution fell more than {limit} changed keys behind; \
+                        "a consumer of the resolution fell more than {limit} changes behind; \
                          it will be resynchronised from the current set"
                     );
                 }
             }
-            if marked && let Some(waker) = subscriber.waker.take() {
+            if let Some(waker) = subscriber.waker.take() {
                 wakers.push(waker);
             }
         }
@@ -156,51 +229,56 @@ impl Shared {
     /// Applies changes: `Some(entry)` sets a key, `None` removes it.
     pub(crate) fn apply(&self, updates: impl IntoIterator<Item = (String, Option<Entry>)>) {
         let mut state = self.lock();
-        let mut changed = Vec::new();
+        let mut changes = Vec::new();
         for (key, entry) in updates {
-            let key: Arc<str> = Arc::from(key);
-            let differs = match entry {
+            match entry {
                 Some(entry) => {
-                    if state.current.get(&key).map(|e| &**e) == Some(&entry) {
-                        false
-                    } else {
-                        state.current.insert(key.clone(), Arc::new(entry));
-                        true
+                    if state.current.get(key.as_str()).map(|e| &**e) == Some(&entry) {
+                        continue;
+                    }
+                    let (key, entry): (Arc<str>, _) = (Arc::from(key), Arc::new(entry));
+                    let before = state.current.insert(key.clone(), entry.clone());
+                    changes.push((key, before, Some(entry)));
+                }
+                None => {
+                    if let Some((key, before)) = state.current.remove_entry(key.as_str()) {
+                        changes.push((key, Some(before), None));
                     }
                 }
-                None => state.current.remove(&key).is_some(),
-            };
-            if differs {
-                changed.push(key);
             }
         }
-        self.mark_all(state, &changed);
+        self.publish(state, changes);
     }
 
-    /// Replaces the whole set (after a list); marks only what differs and
+    /// Replaces the whole set (after a list); logs only what differs and
     /// returns how many keys that is.
     pub(crate) fn reset(&self, fresh: HashMap<String, Entry>) -> usize {
         let mut state = self.lock();
-        let mut differing: Vec<Arc<str>> = Vec::new();
+        let mut changes: Vec<Changed> = Vec::new();
         let mut next: HashMap<Arc<str>, Arc<Entry>> = HashMap::with_capacity(fresh.len());
         for (key, entry) in fresh {
-            let key: Arc<str> = Arc::from(key);
-            match state.current.remove(&key) {
-                Some(old) if *old == entry => {
+            match state.current.remove_entry(key.as_str()) {
+                Some((key, old)) if *old == entry => {
                     next.insert(key, old);
                 }
-                _ => {
-                    differing.push(key.clone());
-                    next.insert(key, Arc::new(entry));
+                old => {
+                    let (key, entry): (Arc<str>, _) = (Arc::from(key), Arc::new(entry));
+                    changes.push((key.clone(), old.map(|(_, e)| e), Some(entry.clone())));
+                    next.insert(key, entry);
                 }
             }
         }
         // What is left of the old set is gone.
-        differing.extend(state.current.keys().cloned());
+        changes.extend(
+            state
+                .current
+                .drain()
+                .map(|(key, before)| (key, Some(before), None)),
+        );
         state.current = next;
-        differing.sort_unstable();
-        let n = differing.len();
-        self.mark_all(state, &differing);
+        changes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let n = changes.len();
+        self.publish(state, changes);
         n
     }
 
@@ -232,19 +310,21 @@ impl Shared {
         }
     }
 
-    /// A new consumer, with every current key pending: it starts with the
-    /// whole set, then follows.
+    /// A new consumer; at its first read it takes the current set, then
+    /// reads the changes made after that.
     fn subscribe(&self) -> u64 {
         let mut state = self.lock();
         let id = state.next_subscriber;
         state.next_subscriber += 1;
-        let mut subscriber = Subscriber::default();
-        let mut keys: Vec<Arc<str>> = state.current.keys().cloned().collect();
-        keys.sort_unstable();
-        for key in &keys {
-            subscriber.mark(key);
-        }
-        state.subscribers.insert(id, subscriber);
+        state.subscribers.insert(
+            id,
+            Subscriber {
+                started: false,
+                next: 0,
+                waker: None,
+                logged: false,
+            },
+        );
         id
     }
 
@@ -277,15 +357,21 @@ impl Drop for Feed {
 /// for the balancer; also the current set and the resolver's health.
 ///
 /// Resolutions of the same prefix from one resolver (and its clones) share
-/// one list and one etcd watch: each gets the whole current set first, then
-/// every change, at its own pace. Dropping the last of them ends the watch.
+/// one list and one etcd watch: each gets the whole current set first (an
+/// `Insert` per endpoint, in key order), then every change, in order, at
+/// its own pace. One that leaves more than the lag limit of changes unread
+/// gets the whole set again as one `Reset` instead of them (the balancer
+/// diffs it: unchanged endpoints are undisturbed). Dropping the last of
+/// them ends the watch.
 #[derive(Debug)]
 pub struct Resolution {
     feed: Arc<Feed>,
     id: u64,
-    /// Key → what this resolution emitted last (shared with the set while
-    /// it is current: a pointer per key, not a copy).
-    emitted: HashMap<Arc<str>, Arc<Entry>>,
+    /// The set it started with, not emitted yet.
+    first: VecDeque<Pair>,
+    /// Keys whose changes it skipped because the log has later ones → what
+    /// it had emitted for them; empty once it has caught up.
+    skipped: HashMap<Arc<str>, Option<Arc<Entry>>>,
 }
 
 impl Resolution {
@@ -295,7 +381,8 @@ impl Resolution {
         Self {
             feed,
             id,
-            emitted: HashMap::new(),
+            first: VecDeque::new(),
+            skipped: HashMap::new(),
         }
     }
 
@@ -329,52 +416,78 @@ impl Resolution {
     }
 }
 
+fn insert(key: &str, entry: &Entry) -> Change {
+    Change::Insert(key.to_owned(), entry.endpoint().clone())
+}
+
 impl Stream for Resolution {
     type Item = Change;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Change>> {
         let this = self.get_mut();
+        if let Some((key, entry)) = this.first.pop_front() {
+            if this.first.is_empty() {
+                this.first = VecDeque::new();
+            }
+            return Poll::Ready(Some(insert(&key, &entry)));
+        }
         let mut guard = this.feed.shared.lock();
         let state = &mut *guard;
+        let head = state.head();
+        let starting = match state.subscribers.get_mut(&this.id) {
+            None => return Poll::Ready(None),
+            Some(subscriber) if !subscriber.started => {
+                subscriber.started = true;
+                subscriber.next = head;
+                true
+            }
+            Some(_) => false,
+        };
+        if starting {
+            // The set as it is now, then the changes after it.
+            this.first = state.sorted().into();
+            if let Some((key, entry)) = this.first.pop_front() {
+                return Poll::Ready(Some(insert(&key, &entry)));
+            }
+        }
         let Some(subscriber) = state.subscribers.get_mut(&this.id) else {
             return Poll::Ready(None);
         };
-        if subscriber.resync {
-            // Everything it emitted and everything there is: the difference.
-            subscriber.resync = false;
-            let mut keys: Vec<Arc<str>> = this
-                .emitted
-                .keys()
-                .chain(state.current.keys())
-                .cloned()
+        if subscriber.next < state.first {
+            // Its changes were dropped: the whole set instead.
+            subscriber.next = head;
+            this.skipped = HashMap::new();
+            let all: Vec<(String, Endpoint)> = state
+                .sorted()
+                .into_iter()
+                .map(|(k, e)| (k.to_string(), e.endpoint().clone()))
                 .collect();
-            keys.sort_unstable();
-            keys.dedup();
-            for key in &keys {
-                subscriber.mark(key);
-            }
+            return Poll::Ready(Some(Change::Reset(all)));
         }
-        while let Some(key) = subscriber.dirty.pop_front() {
-            subscriber.dirty_set.remove(&key);
-            let now = state.current.get(&key);
-            match (now, this.emitted.get(&key)) {
-                (Some(now), Some(before)) if Arc::ptr_eq(now, before) || now == before => {
-                    // Re-added as it was: nothing to say; share the new one.
-                    this.emitted.insert(key.clone(), now.clone());
-                    continue;
-                }
-                (Some(entry), _) => {
-                    this.emitted.insert(key.clone(), entry.clone());
-                    return Poll::Ready(Some(Change::Insert(
-                        key.to_string(),
-                        entry.endpoint().clone(),
-                    )));
-                }
+        while subscriber.next < head {
+            let logged = &state.log[(subscriber.next - state.first) as usize];
+            subscriber.next += 1;
+            if logged.superseded {
+                // The later change says it; remember what this one had.
+                this.skipped
+                    .entry(logged.key.clone())
+                    .or_insert_with(|| logged.before.clone());
+                continue;
+            }
+            let had = match this.skipped.remove(&logged.key) {
+                Some(had) => had,
+                None => logged.before.clone(),
+            };
+            if this.skipped.is_empty() && this.skipped.capacity() > 64 {
+                this.skipped = HashMap::new();
+            }
+            match (&logged.after, had) {
+                (Some(now), Some(had)) if Arc::ptr_eq(now, &had) || **now == *had => {}
+                (None, None) => {}
+                (Some(now), _) => return Poll::Ready(Some(insert(&logged.key, now))),
                 (None, Some(_)) => {
-                    this.emitted.remove(&key);
-                    return Poll::Ready(Some(Change::Remove(key.to_string())));
+                    return Poll::Ready(Some(Change::Remove(logged.key.to_string())));
                 }
-                (None, None) => continue,
             }
         }
         if state.closed {
@@ -482,6 +595,68 @@ mod tests {
         shared.apply([("k/b".to_string(), Some(entry("b:1", "2")))]);
         shared.apply([("k/b".to_string(), None)]);
         assert_eq!(drain(&mut r), []);
+        // Changed twice: the last value, once; removed after a change: removed.
+        shared.apply([("k/a".to_string(), Some(entry("a:1", "2")))]);
+        shared.apply([("k/c".to_string(), Some(entry("c:1", "3")))]);
+        shared.apply([("k/a".to_string(), Some(entry("a:1", "3")))]);
+        shared.apply([("k/c".to_string(), Some(entry("c:1", "4")))]);
+        shared.apply([("k/c".to_string(), None)]);
+        assert_eq!(drain(&mut r), [ins("k/a", "a:1", "3")]);
+        assert!(r.skipped.is_empty());
+        shared.apply([("k/a".to_string(), Some(entry("a:1", "4")))]);
+        shared.apply([("k/a".to_string(), None)]);
+        assert_eq!(drain(&mut r), [Change::Remove("k/a".into())]);
+    }
+
+    #[tokio::test]
+    async fn the_log_keeps_only_what_the_slowest_reader_has_not_read() {
+        let shared = Arc::new(Shared::default());
+        let task = tokio::spawn(std::future::pending::<()>());
+        let feed = Arc::new(Feed::new(shared.clone(), task.abort_handle()));
+        let mut readers: Vec<Resolution> = (0..1000)
+            .map(|_| Resolution::subscribe(feed.clone()))
+            .collect();
+        let log_len = || shared.lock().log.len();
+        for i in 0..100 {
+            shared.apply([(format!("k/{i}"), Some(entry(&format!("10.0.0.{i}:1"), "x")))]);
+            for r in &mut readers {
+                assert_eq!(drain(r).len(), 1);
+            }
+            // Read by all: dropped at the next change.
+            assert!(log_len() <= 1, "{}", log_len());
+        }
+        // One reader stops: the log keeps what it has not read, once.
+        let mut stopped = readers.pop().expect("a reader");
+        for i in 0..50 {
+            shared.apply([(format!("k/{i}"), None)]);
+            for r in &mut readers {
+                assert_eq!(drain(r).len(), 1);
+            }
+        }
+        assert_eq!(log_len(), 50);
+        assert_eq!(drain(&mut stopped).len(), 50);
+        shared.apply([("k/0".to_string(), Some(entry("10.0.0.0:1", "x")))]);
+        assert_eq!(log_len(), 1);
+        for r in &mut readers {
+            assert_eq!(drain(r).len(), 1);
+        }
+        assert_eq!(drain(&mut stopped).len(), 1);
+        // One that never read holds nothing back, and starts with the set
+        // as it is when it first reads.
+        let mut idle = Resolution::subscribe(feed.clone());
+        for i in 0..10 {
+            shared.apply([(format!("k/{i}"), Some(entry(&format!("10.0.0.{i}:2"), "x")))]);
+            for r in readers.iter_mut().chain([&mut stopped]) {
+                assert_eq!(drain(r).len(), 1);
+            }
+        }
+        assert_eq!(log_len(), 1);
+        assert_eq!(drain(&mut idle).len(), shared.len());
+        drop(idle);
+        // A reader that goes away holds nothing back.
+        drop(stopped);
+        shared.apply([("k/0".to_string(), None)]);
+        assert_eq!(log_len(), 1);
     }
 
     #[tokio::test]
@@ -556,7 +731,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_subscriber_past_the_lag_limit_is_resynchronised_with_the_difference() {
+    async fn a_subscriber_past_the_lag_limit_is_resynchronised_with_the_whole_set() {
         let shared = Arc::new(Shared::new("k".into(), 8));
         let task = tokio::spawn(std::future::pending::<()>());
         let feed = Arc::new(Feed::new(shared.clone(), task.abort_handle()));
@@ -577,25 +752,28 @@ mod tests {
                 shared.apply([(key, None)]);
                 heard += drain(&mut fast).len();
             }
+            let state = shared.lock();
+            assert!(
+                state.log.len() <= 8 + state.current.len(),
+                "the log stays bounded: {}",
+                state.log.len()
+            );
         }
         shared.apply([("k/gone".to_string(), None)]);
         heard += drain(&mut fast).len();
         assert_eq!(heard, 99 * 2 + 1 + 1, "the fast one hears every change");
-        {
-            let state = shared.lock();
-            let pending: usize = state.subscribers.values().map(|s| s.dirty.len()).sum();
-            assert!(pending <= 8 + 3, "queues stay bounded: {pending}");
-        }
-        // The slow one hears only the difference from what it had.
-        let mut changes = drain(&mut slow);
-        changes.sort_by_key(|c| format!("{c:?}"));
+        // The slow one reads the whole set at once, then follows again.
+        let keep = entry("keep:1", "k").endpoint().clone();
+        let last = entry("10.0.0.99:1", "x").endpoint().clone();
         assert_eq!(
-            changes,
-            [
-                ins("k/99", "10.0.0.99:1", "x"),
-                Change::Remove("k/gone".into())
-            ]
+            drain(&mut slow),
+            [Change::Reset(vec![
+                ("k/99".to_string(), last),
+                ("k/keep".to_string(), keep),
+            ])]
         );
-        assert_eq!(drain(&mut slow), []);
+        shared.apply([("k/keep".to_string(), None)]);
+        assert_eq!(drain(&mut slow), [Change::Remove("k/keep".into())]);
+        assert_eq!(drain(&mut fast), [Change::Remove("k/keep".into())]);
     }
 }

@@ -9,14 +9,13 @@ use std::{
 
 use etcd::Members;
 use etcd::{Decoded, Entry, Secured, decode_value, describe, diagnose, key_prefix, shorten};
-use etcd_client::{
-    Client, ConnectOptions, EventType, GetOptions, KeyValue, WatchOptions, WatchStream,
-};
+use etcd_client::{Client, ConnectOptions, EventType, GetOptions, KeyValue, WatchOptions};
 use tokio::time::{Instant, timeout};
 use tracing::{Instrument, debug, info, warn};
 
 use crate::{
     Backoff,
+    mux::{Mux, Watch},
     resolution::{Feed, Health, Resolution, Shared},
 };
 
@@ -47,6 +46,12 @@ pub(crate) type Hook =
 /// etcd one watcher. The first resolution's settings (backoff, page size,
 /// timeouts) are the watch's. Dropping the last resolution of a prefix ends
 /// its watch.
+///
+/// **One watch stream per client.** The watches of all those prefixes
+/// travel on one gRPC watch stream (as with Go's clientv3), on one etcd
+/// member: a thousand services cost etcd one stream, not a thousand. When
+/// that member dies or loses its leader, every watch moves to another
+/// member at once, each from the last revision it applied.
 #[derive(Clone)]
 pub struct Resolver {
     pub(crate) client: Client,
@@ -62,6 +67,8 @@ pub struct Resolver {
     pub(crate) members: Option<Members>,
     /// The prefixes followed through this client: shared by clones.
     feeds: Arc<Mutex<HashMap<String, Weak<Feed>>>>,
+    /// The one watch stream of this client, carrying every prefix's watch.
+    mux: Mux,
     lag_limit: usize,
     #[cfg(test)]
     pub(crate) before_watch: Option<Hook>,
@@ -86,6 +93,7 @@ impl Resolver {
     pub fn new(client: Client, prefix: impl Into<String>) -> Self {
         let prefix = prefix.into();
         Self {
+            mux: Mux::new(client.clone()),
             client,
             key_prefix: key_prefix(&prefix),
             secured: Secured::default(),
@@ -156,10 +164,11 @@ impl Resolver {
         self
     }
 
-    /// How many changed keys a resolution that does not keep up may have
-    /// pending, beyond the size of the set, before it is resynchronised
-    /// from the current set (the difference from what it emitted) instead:
-    /// what bounds the memory a stalled consumer costs. Default
+    /// How many changes a resolution that does not keep up may leave
+    /// unread, beyond the size of the set, before they are dropped and it
+    /// gets the whole current set as one `Reset` instead: what bounds the
+    /// memory the shared log of changes holds for a stalled consumer (one
+    /// log per prefix, whatever the number of resolutions). Default
     /// [`LAG_LIMIT`](crate::LAG_LIMIT) (4 096); at least 1.
     pub fn lag_limit(mut self, keys: usize) -> Self {
         self.lag_limit = keys.max(1);
@@ -188,10 +197,12 @@ impl Resolver {
     /// A [`Resolution`] of the prefix: the current set, then every change.
     ///
     /// The first resolution of a prefix starts the task that follows it: it
-    /// lists the prefix, then watches it from the next revision; on a
-    /// canceled watch (compaction), a watch error or a lost connection it
-    /// lists again after a backoff and emits only what differs; meanwhile the
-    /// last known set stays as it was. Later resolutions of the same prefix
+    /// lists the prefix, then watches it from the next revision; on a watch
+    /// error or a lost connection it re-opens the watch from the last
+    /// revision it applied (on another member, retrying with a backoff), and
+    /// on a watch canceled for compaction it lists again and emits only what
+    /// differs; meanwhile the last known set stays as it was. Later
+    /// resolutions of the same prefix
     /// from this resolver or its clones join that task (the whole current
     /// set first, then the changes, with no gap and no duplicate).
     ///
@@ -237,27 +248,39 @@ impl Resolver {
         // watch broke in a way another member can resume.
         let mut resume: Option<i64> = None;
         loop {
-            if let Some(revision) = resume.take() {
+            if let Some(revision) = resume {
                 match self.rewatch(revision).await {
                     Ok(watch) => {
                         if let Some((since, reason)) = outage.take() {
                             info!(
                                 %reason,
                                 took_ms = since.elapsed().as_millis() as u64,
+                                attempts = failures + 1,
                                 revision,
                                 "resolver re-opened its watch from the last revision seen"
                             );
                         }
+                        failures = 0;
                         (resume, outage) = self.follow_until_lost(watch, revision, &shared).await;
-                        continue;
                     }
-                    Err(error) => {
-                        // E.g. compacted meanwhile, or no member reachable:
-                        // list again (diffed, so the set stays exact).
+                    Err(error) if error.relist => {
+                        // Compacted meanwhile: list again (diffed, so the
+                        // set stays exact).
                         debug!(%error, revision, "cannot resume the watch; listing again");
                         relisted(&self.key_prefix, "resume_failed");
+                        resume = None;
+                    }
+                    Err(error) => {
+                        // No member reachable, or none with a leader: the
+                        // events after `revision` are still in etcd's
+                        // history, so resume from there once one is back
+                        // rather than list (which would lose the keys
+                        // added and removed meanwhile).
+                        self.back_off(&mut failures, error.message, &mut outage, &shared)
+                            .await;
                     }
                 }
+                continue;
             }
             match self.sync(&shared).await {
                 Ok((watch, revision, changed)) => {
@@ -281,44 +304,57 @@ impl Resolver {
                     (resume, outage) = self.follow_until_lost(watch, revision, &shared).await;
                 }
                 Err(error) => {
-                    let delay = self.backoff.delay(failures);
-                    failures = failures.saturating_add(1);
-                    if failures == 1 {
-                        // Once per outage: with etcd down or no member that
-                        // has a leader, this repeats until it is back.
-                        warn!(
-                            %error,
-                            retry_in_ms = delay.as_millis() as u64,
-                            "resolver cannot list and watch etcd; keeping the last known set"
-                        );
-                    } else {
-                        debug!(%error, attempt = failures, retry_in_ms = delay.as_millis() as u64, "resolver still cannot list and watch etcd");
-                    }
-                    shared.set_health(Health::Outage(error.clone()));
-                    if outage.is_none() {
-                        outage = Some((Instant::now(), error));
-                    }
-                    let no_member_ready = self.members.as_ref().and_then(Members::ready) == Some(0);
-                    let wake = Instant::now() + delay;
-                    let members = self.members.as_ref();
-                    if etcd::retry_wait(members, wake, no_member_ready).await {
-                        debug!("an etcd member is ready again; listing now");
-                    }
+                    self.back_off(&mut failures, error.message, &mut outage, &shared)
+                        .await;
                 }
             }
         }
     }
 
+    /// After a failed attempt: marks the outage (health, logged once per
+    /// outage) and waits out the backoff, cut short when no member was
+    /// ready and one is again.
+    async fn back_off(
+        &self,
+        failures: &mut u32,
+        error: String,
+        outage: &mut Option<(Instant, String)>,
+        shared: &Shared,
+    ) {
+        let delay = self.backoff.delay(*failures);
+        *failures = failures.saturating_add(1);
+        if *failures == 1 {
+            // Once per outage: with etcd down or no member that has a
+            // leader, this repeats until it is back.
+            warn!(
+                %error,
+                retry_in_ms = delay.as_millis() as u64,
+                "resolver cannot list and watch etcd; keeping the last known set"
+            );
+        } else {
+            debug!(%error, attempt = *failures, retry_in_ms = delay.as_millis() as u64, "resolver still cannot list and watch etcd");
+        }
+        shared.set_health(Health::Outage(error.clone()));
+        if outage.is_none() {
+            *outage = Some((Instant::now(), error));
+        }
+        let no_member_ready = self.members.as_ref().and_then(Members::ready) == Some(0);
+        let wake = Instant::now() + delay;
+        if etcd::retry_wait(self.members.as_ref(), wake, no_member_ready).await {
+            debug!("an etcd member is ready again; trying now");
+        }
+    }
+
     /// Re-opens the watch of the prefix from `revision + 1`, after a broken
     /// stream.
-    async fn rewatch(&mut self, revision: i64) -> Result<WatchStream, String> {
+    async fn rewatch(&mut self, revision: i64) -> Result<Watch, OpenError> {
         self.open_watch(revision, "re-opening the watch").await
     }
 
     /// Lists the prefix at one revision R and opens a watch from R + 1; only
     /// once both worked is the list applied (diffed against the current set).
-    async fn sync(&mut self, shared: &Shared) -> Result<(WatchStream, i64, usize), String> {
-        let (fresh, revision) = self.list().await?;
+    async fn sync(&mut self, shared: &Shared) -> Result<(Watch, i64, usize), OpenError> {
+        let (fresh, revision) = self.list().await.map_err(OpenError::retry)?;
 
         #[cfg(test)]
         if let Some(hook) = &self.before_watch {
@@ -330,23 +366,37 @@ impl Resolver {
         Ok((watch, revision, changed))
     }
 
-    /// Opens a watch of the prefix from `revision + 1` (with the previous
-    /// values, for deletes) and waits until etcd says it created it, so a
-    /// watch etcd refused (e.g. the revision was compacted) is an error here
-    /// and not a silent first message; `what` names the step in errors.
-    async fn open_watch(&mut self, revision: i64, what: &str) -> Result<WatchStream, String> {
+    /// Adds a watch of the prefix from `revision + 1` to the client's watch
+    /// stream and waits until etcd says it created it, so a watch etcd
+    /// refused (e.g. the revision was compacted) is an error here and not a
+    /// silent first message; `what` names the step in errors.
+    async fn open_watch(&mut self, revision: i64, what: &str) -> Result<Watch, OpenError> {
         let options = WatchOptions::new()
             .with_prefix()
-            .with_start_revision(revision + 1)
-            .with_prev_key();
-        let key = self.key_prefix.clone();
-        let mut watch = self
-            .timed(what, self.client.clone().watch(key, Some(options)))
-            .await?;
-        match self.timed(what, watch.message()).await? {
-            None => Err("watch stream ended before the watch was created".into()),
-            Some(resp) if resp.canceled() => Err(cancel_reason(&resp)),
-            Some(_) => Ok(watch),
+            .with_start_revision(revision + 1);
+        let key = self.key_prefix.clone().into_bytes();
+        let mut watch = self.mux.watch(key, options, self.request_timeout);
+        match self
+            .timed(what, watch.message())
+            .await
+            .map_err(OpenError::retry)?
+        {
+            None => Err(OpenError::retry(
+                "watch dropped before it was created".into(),
+            )),
+            Some(resp) if resp.canceled() => Err(OpenError {
+                message: cancel_reason(&resp),
+                relist: resp.compact_revision() > 0,
+            }),
+            Some(resp) => match resp.header().map(|h| h.revision()) {
+                // A new etcd (its data lost) would never send the events
+                // after `revision`.
+                Some(now) if now < revision => Err(OpenError {
+                    message: format!("etcd's revision went back from {revision} to {now}"),
+                    relist: true,
+                }),
+                _ => Ok(watch),
+            },
         }
     }
 
@@ -400,7 +450,7 @@ impl Resolver {
     /// starts.
     async fn follow_until_lost(
         &self,
-        watch: WatchStream,
+        watch: Watch,
         revision: i64,
         shared: &Shared,
     ) -> (Option<i64>, Option<(Instant, String)>) {
@@ -415,7 +465,7 @@ impl Resolver {
 
     async fn follow(
         &self,
-        mut watch: WatchStream,
+        mut watch: Watch,
         mut revision: i64,
         shared: &Shared,
     ) -> (String, Option<i64>) {
@@ -439,7 +489,12 @@ impl Resolver {
                         }
                     }));
                 }
-                Ok(None) => return ("watch stream ended".into(), Some(revision)),
+                Ok(None) => {
+                    return (
+                        "watch dropped from the shared stream: it fell behind".into(),
+                        Some(revision),
+                    );
+                }
                 Err(e) => {
                     return (
                         format!("watch stream error: {}", describe(&e)),
@@ -494,6 +549,31 @@ impl Resolver {
                 self.request_timeout
             )),
         }
+    }
+}
+
+/// Why a watch could not be opened.
+#[derive(Debug)]
+struct OpenError {
+    message: String,
+    /// etcd no longer has the events after the revision asked for
+    /// (compacted): only listing again can catch up.
+    relist: bool,
+}
+
+impl OpenError {
+    /// A failure that another attempt may not have (no member, no leader).
+    fn retry(message: String) -> Self {
+        Self {
+            message,
+            relist: false,
+        }
+    }
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
     }
 }
 
