@@ -5,6 +5,8 @@
 //	go-peer client [--id ID] [--authority encoded|raw|VALUE] [--rpc unary|server-stream|client-stream|bidi] [--count N] [--interval 1s] [...]
 //	go-peer load   --concurrency C --duration D [--id ID] [--authority ...] [...]
 //	go-peer list   [--env dev] [--service game] [--etcd URL]...
+//	go-peer watchers [--prefix P] [--watchers 1000] [--rate 50 (0: only watch)] [--live 100] [--duration 20s] [--raw] [--etcd URL]...
+//	go-peer listing  [--prefix P] [--endpoints 10000] [--repeat 5] [--etcd URL]...
 package main
 
 import (
@@ -121,7 +123,7 @@ func parse(fs *flag.FlagSet, args []string) {
 
 func main() {
 	if len(os.Args) < 2 {
-		usage("missing mode: go-peer server|client|load|list|watchers [flags] (see interop/go/README.md)")
+		usage("missing mode: go-peer server|client|load|list|watchers|listing [flags] (see interop/go/README.md)")
 	}
 	mode, args := os.Args[1], os.Args[2:]
 	switch mode {
@@ -135,8 +137,10 @@ func main() {
 		runList(args)
 	case "watchers":
 		runWatchers(args)
+	case "listing":
+		runListing(args)
 	default:
-		usage("unknown mode %q: expected server, client, load, list or watchers", mode)
+		usage("unknown mode %q: expected server, client, load, list, watchers or listing", mode)
 	}
 }
 

@@ -4,6 +4,13 @@
 // carries them on one gRPC watch stream), while a writer puts a new
 // endpoint at a fixed rate whose Metadata is its send time (unix µs) and
 // deletes the oldest past `live`. Prints one JSON line like loadgen's.
+//
+// With --rate 0 it only watches (one of several processes watching a prefix
+// another one churns): it says "churning" once its watches are up and ends
+// --duration + 2 s after the first put it sees. --raw adds what a harness
+// needs to merge processes: "latencies" ([µs, count] pairs, µs rounded to 3
+// significant digits) and "seen" ([sent µs, watchers that saw it, last
+// arrival µs] per put).
 
 package main
 
@@ -20,6 +27,7 @@ import (
 	"syscall"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/naming/endpoints"
 )
 
@@ -59,13 +67,14 @@ func runWatchers(args []string) {
 	c.register(fs)
 	prefix := fs.String("prefix", "", "the prefix watched and churned (default discovery/ENV/SERVICE)")
 	watchers := fs.Int("watchers", 1000, "watch channels on the one client")
-	rate := fs.Int("rate", 50, "puts per second")
+	rate := fs.Int("rate", 50, "puts per second (0: only watch)")
 	live := fs.Int("live", 100, "keys kept under the prefix")
 	duration := fs.Duration("duration", 20*time.Second, "how long the churn runs")
+	raw := fs.Bool("raw", false, "add latencies and per-put arrivals to the result")
 	parse(fs, args)
 	c.check()
-	if *watchers < 1 || *rate < 1 || *live < 1 || *duration <= 0 {
-		usage("--watchers, --rate, --live and --duration must be positive")
+	if *watchers < 1 || *rate < 0 || *live < 1 || *duration <= 0 {
+		usage("--watchers, --live and --duration must be positive, --rate not negative")
 	}
 	p := strings.TrimSuffix(*prefix, "/")
 	if p == "" {
@@ -89,6 +98,8 @@ func runWatchers(args []string) {
 		last  int64
 	}
 	var mu sync.Mutex
+	firstSeen := make(chan struct{})
+	var firstOnce sync.Once
 	seen := map[int64]*seenPut{}
 	var perWatcher []int64
 	started := time.Now()
@@ -112,6 +123,7 @@ func runWatchers(args []string) {
 					if err != nil || sent < begun {
 						continue
 					}
+					firstOnce.Do(func() { close(firstSeen) })
 					mu.Lock()
 					perWatcher = append(perWatcher, max(now-sent, 1))
 					s := seen[sent]
@@ -131,18 +143,97 @@ func runWatchers(args []string) {
 	fmt.Println(`{"event":"churning"}`)
 	cpuBefore := cpuSeconds()
 
+	var puts, putErrors int64
+	var churnS float64
+	churnStarted := time.Now()
+	if *rate > 0 {
+		puts, putErrors = churn(ctx, cli, p, *rate, *live, *duration)
+		churnS = time.Since(churnStarted).Seconds()
+		time.Sleep(2 * time.Second) // let the last events arrive
+	} else {
+		select {
+		case <-firstSeen:
+			churnStarted = time.Now()
+			time.Sleep(*duration + 2*time.Second)
+		case <-time.After(*duration + time.Minute):
+		}
+	}
+	cpuS := cpuSeconds() - cpuBefore
+	measuredS := time.Since(churnStarted).Seconds()
+	rssAfter := rssMiB()
+	if *rate > 0 {
+		_, _ = cli.Delete(context.Background(), p+"/", clientv3WithPrefix())
+	}
+
+	mu.Lock()
+	per := append([]int64(nil), perWatcher...)
+	var all []int64
+	var seenRaw [][3]int64
+	incomplete := 0
+	for sent, s := range seen {
+		if s.count < *watchers {
+			incomplete++
+		}
+		all = append(all, max(s.last-sent, 1))
+		seenRaw = append(seenRaw, [3]int64{sent, int64(s.count), s.last})
+	}
+	mu.Unlock()
+	sort.Slice(per, func(i, j int) bool { return per[i] < per[j] })
+	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
+	maxOf := func(v []int64) float64 {
+		if len(v) == 0 {
+			return 0
+		}
+		return float64(int(float64(v[len(v)-1])/100+0.5)) / 10
+	}
+	result := map[string]any{
+		"event":                   "watchers",
+		"stack":                   "go",
+		"watchers":                *watchers,
+		"rate_per_s":              *rate,
+		"live_keys":               *live,
+		"churn_s":                 float64(int(churnS*10+0.5)) / 10,
+		"puts":                    puts,
+		"put_errors":              putErrors,
+		"deliveries":              len(per),
+		"puts_not_seen_by_all":    int64(incomplete) + (puts - int64(len(seen))),
+		"per_watcher_p50_ms":      percentile(per, 0.5),
+		"per_watcher_p99_ms":      percentile(per, 0.99),
+		"per_watcher_max_ms":      maxOf(per),
+		"all_watchers_p50_ms":     percentile(all, 0.5),
+		"all_watchers_p99_ms":     percentile(all, 0.99),
+		"all_watchers_max_ms":     maxOf(all),
+		"watch_ready_ms":          float64(int(readyMs*10+0.5)) / 10,
+		"client_rss_before_mib":   rssBefore,
+		"client_rss_watching_mib": rssWatching,
+		"client_rss_after_mib":    rssAfter,
+		"client_cpu_pct":          float64(int(cpuS/measuredS*1000+0.5)) / 10,
+	}
+	if *raw {
+		result["latencies"] = histogram(per)
+		result["seen"] = seenRaw
+	}
+	out, _ := json.Marshal(result)
+	fmt.Println(string(out))
+}
+
+// churn puts a new endpoint rate times a second for duration, each in its
+// own goroutine so that a slow answer does not lower the rate, its
+// Metadata its send time in unix µs, and deletes the oldest key past live;
+// it returns the puts that succeeded and failed.
+func churn(ctx context.Context, cli *clientv3.Client, p string, rate, live int, duration time.Duration) (int64, int64) {
 	var keys []string
 	var puts, putErrors int64
 	var wg sync.WaitGroup
 	var counts sync.Mutex
-	tick := time.NewTicker(time.Second / time.Duration(*rate))
+	tick := time.NewTicker(time.Second / time.Duration(rate))
 	churnStarted := time.Now()
-	for n := 1; time.Since(churnStarted) < *duration; n++ {
+	for n := 1; time.Since(churnStarted) < duration; n++ {
 		<-tick.C
 		addr := fmt.Sprintf("10.%d.%d.%d:50051", n>>16&255, n>>8&255, n&255)
 		key := p + "/" + addr
 		var old string
-		if len(keys) >= *live {
+		if len(keys) >= live {
 			old, keys = keys[0], keys[1:]
 		}
 		keys = append(keys, key)
@@ -166,54 +257,110 @@ func runWatchers(args []string) {
 	}
 	tick.Stop()
 	wg.Wait()
-	churnS := time.Since(churnStarted).Seconds()
-	time.Sleep(2 * time.Second) // let the last events arrive
-	cpuS := cpuSeconds() - cpuBefore
-	measuredS := time.Since(churnStarted).Seconds()
-	rssAfter := rssMiB()
-	_, _ = cli.Delete(context.Background(), p+"/", clientv3WithPrefix())
+	return puts, putErrors
+}
 
-	mu.Lock()
-	per := append([]int64(nil), perWatcher...)
-	var all []int64
-	incomplete := 0
-	for sent, s := range seen {
-		if s.count < *watchers {
-			incomplete++
+// histogram is sorted latencies as [µs, count] pairs, each µs rounded to
+// 3 significant digits (as loadgen's HdrHistogram keeps them).
+func histogram(sorted []int64) [][2]int64 {
+	var out [][2]int64
+	for _, v := range sorted {
+		scale := int64(1)
+		for v/scale >= 1000 {
+			scale *= 10
 		}
-		all = append(all, max(s.last-sent, 1))
+		r := (v + scale/2) / scale * scale
+		if n := len(out); n > 0 && out[n-1][0] == r {
+			out[n-1][1]++
+		} else {
+			out = append(out, [2]int64{r, 1})
+		}
 	}
-	mu.Unlock()
-	sort.Slice(per, func(i, j int) bool { return per[i] < per[j] })
-	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
-	maxOf := func(v []int64) float64 {
-		if len(v) == 0 {
-			return 0
+	return out
+}
+
+// runListing is `go-peer listing`: how long a fresh watch channel of
+// endpoints.Manager (what etcd's naming resolver opens per ClientConn)
+// takes to hand over a prefix of --endpoints keys: the first from a cold
+// start (the client made first, as loadgen's `resolve` does), then
+// --repeat - 1 more fresh channels on the same client; and the process's
+// RSS while it holds the first set.
+func runListing(args []string) {
+	fs := flag.NewFlagSet("go-peer listing", flag.ContinueOnError)
+	var c common
+	c.register(fs)
+	prefix := fs.String("prefix", "", "the prefix listed (default discovery/ENV/SERVICE)")
+	want := fs.Int("endpoints", 10000, "keys the prefix holds")
+	repeat := fs.Int("repeat", 5, "fresh watch channels, one after the other")
+	parse(fs, args)
+	c.check()
+	if *want < 1 || *repeat < 1 {
+		usage("--endpoints and --repeat must be positive")
+	}
+	p := strings.TrimSuffix(*prefix, "/")
+	if p == "" {
+		p = c.prefix()
+	}
+	rssBefore := rssMiB()
+	coldStart := time.Now()
+	cli, err := newEtcdClient(c.etcd.urls)
+	if err != nil {
+		fatal("etcd %v: %v", c.etcd.urls, err)
+	}
+	defer cli.Close()
+	em, err := endpoints.NewManager(cli, p)
+	if err != nil {
+		fatal("endpoints manager: %v", err)
+	}
+	var took []int64
+	var held []map[string]endpoints.Endpoint
+	rssListed := rssBefore
+	for i := 0; i < *repeat; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		started := time.Now()
+		if i == 0 {
+			started = coldStart
 		}
-		return float64(int(float64(v[len(v)-1])/100+0.5)) / 10
+		ch, err := em.NewWatchChannel(ctx)
+		if err != nil {
+			fatal("watch %s: %v", p, err)
+		}
+		set := map[string]endpoints.Endpoint{}
+		for len(set) < *want {
+			ups, ok := <-ch
+			if !ok {
+				fatal("the watch of %s ended with %d of %d endpoints", p, len(set), *want)
+			}
+			for _, up := range ups {
+				if up.Op == endpoints.Add {
+					set[up.Key] = up.Endpoint
+				}
+			}
+		}
+		took = append(took, time.Since(started).Microseconds())
+		held = append(held, set)
+		if i == 0 {
+			rssListed = rssMiB()
+		}
+		cancel()
+	}
+	ms := func(us int64) float64 { return float64(int(float64(us)/100+0.5)) / 10 }
+	warm := append([]int64(nil), took[1:]...)
+	sort.Slice(warm, func(i, j int) bool { return warm[i] < warm[j] })
+	var warmMedian any
+	if len(warm) > 0 {
+		warmMedian = ms(warm[len(warm)/2])
 	}
 	out, _ := json.Marshal(map[string]any{
-		"event":                   "watchers",
-		"stack":                   "go",
-		"watchers":                *watchers,
-		"rate_per_s":              *rate,
-		"live_keys":               *live,
-		"churn_s":                 float64(int(churnS*10+0.5)) / 10,
-		"puts":                    puts,
-		"put_errors":              putErrors,
-		"deliveries":              len(per),
-		"puts_not_seen_by_all":    int64(incomplete) + (puts - int64(len(seen))),
-		"per_watcher_p50_ms":      percentile(per, 0.5),
-		"per_watcher_p99_ms":      percentile(per, 0.99),
-		"per_watcher_max_ms":      maxOf(per),
-		"all_watchers_p50_ms":     percentile(all, 0.5),
-		"all_watchers_p99_ms":     percentile(all, 0.99),
-		"all_watchers_max_ms":     maxOf(all),
-		"watch_ready_ms":          float64(int(readyMs*10+0.5)) / 10,
-		"client_rss_before_mib":   rssBefore,
-		"client_rss_watching_mib": rssWatching,
-		"client_rss_after_mib":    rssAfter,
-		"client_cpu_pct":          float64(int(cpuS/measuredS*1000+0.5)) / 10,
+		"event":                 "listing",
+		"stack":                 "go",
+		"endpoints":             *want,
+		"repeat":                *repeat,
+		"cold_ms":               ms(took[0]),
+		"warm_median_ms":        warmMedian,
+		"client_rss_before_mib": rssBefore,
+		"client_rss_listed_mib": rssListed,
+		"sets_held":             len(held),
 	})
 	fmt.Println(string(out))
 }

@@ -715,6 +715,26 @@ impl Bench<'_> {
             l.contains("\"filled\"")
         })?;
         let _ = self.procs[fill].child.wait();
+        // Go's first (the same keys): a fresh endpoints.Manager watch
+        // channel, what etcd's naming resolver opens per ClientConn.
+        let go_listing = match crate::provision_go_peer() {
+            Ok(peer) => {
+                let mut cmd = self.command(CLIENT_CPU, &peer.display().to_string());
+                cmd.args(["listing", "--etcd", &self.etcd, "--prefix", &prefix]);
+                cmd.args(["--endpoints", "10000"]);
+                let go = self.spawn("go-listing", cmd, false)?;
+                let (_, line) =
+                    self.procs[go].expect(Duration::from_secs(120), "listing", |l| {
+                        l.contains("\"listing\"")
+                    })?;
+                let _ = self.procs[go].child.wait();
+                serde_json::from_str::<Value>(&line)?
+            }
+            Err(e) => {
+                eprintln!("xtask bench: no Go peer, so no Go listing: {e}");
+                Value::Null
+            }
+        };
         let resolve = self.loadgen(
             "loadgen-resolve",
             &[
@@ -769,6 +789,11 @@ impl Bench<'_> {
         Ok(json!({
             "resolve_10k_ms": resolved["ms"],
             "resolve_10k_rss_mib": resolved["rss_mib"],
+            "resolve_10k_rss_before_mib": resolved["rss_before_mib"],
+            "go_list_10k_ms": go_listing["cold_ms"],
+            "go_list_10k_warm_ms": go_listing["warm_median_ms"],
+            "go_list_10k_rss_mib": go_listing["client_rss_listed_mib"],
+            "go_list_10k_rss_before_mib": go_listing["client_rss_before_mib"],
             "client_1k_rps": client["rps"],
             "client_1k_p99_us": client["p99_us"],
             "client_1k_errors": client["errors"],
@@ -815,8 +840,12 @@ fn results(d: &Value) -> Value {
         },
         "scale": {
             "resolve_10k_ms": d["scale"]["resolve_10k_ms"],
+            "resolve_10k_rss_mib": d["scale"]["resolve_10k_rss_mib"],
+            "go_list_10k_ms": d["scale"]["go_list_10k_ms"],
+            "go_list_10k_rss_mib": d["scale"]["go_list_10k_rss_mib"],
             "client_rss_mib_1k": d["scale"]["client_rss_mib_1k"],
         },
+        "watchers": watchers::results(&d["watchers"]),
         "go_stack": go_stack::results(&d["go_stack"]),
         "grey": freeze::results(&d["grey"]),
         "policies": slow::results(&d["policies"]),
@@ -942,9 +971,17 @@ fn print_table(d: &Value) {
         println!("| measure | value |");
         println!("|---|---|");
         println!(
-            "| resolver listing 10 000 endpoints | {} ms, RSS {} MiB |",
+            "| resolver listing 10 000 endpoints, cold start (ours) | {} ms, RSS {} MiB ({} MiB before) |",
             num(&s["resolve_10k_ms"]),
-            num(&s["resolve_10k_rss_mib"])
+            num(&s["resolve_10k_rss_mib"]),
+            num(&s["resolve_10k_rss_before_mib"])
+        );
+        println!(
+            "| the same, Go (clientv3 + endpoints.Manager watch channel) | {} ms (warm channels: median {} ms), RSS {} MiB ({} MiB before) |",
+            num(&s["go_list_10k_ms"]),
+            num(&s["go_list_10k_warm_ms"]),
+            num(&s["go_list_10k_rss_mib"]),
+            num(&s["go_list_10k_rss_before_mib"])
         );
         println!(
             "| client over 1 000 endpoints (C=32) | {} rps, p99 {} µs, {} errors, RSS {} MiB |",

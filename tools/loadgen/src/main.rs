@@ -115,7 +115,8 @@ enum Cmd {
         prefix: String,
         #[arg(long, default_value_t = 1000)]
         watchers: usize,
-        /// Puts per second.
+        /// Puts per second; 0: only watch (another process churns), and
+        /// end `--duration` + 2 s after the first put seen.
         #[arg(long, default_value_t = 50)]
         rate: u32,
         /// Keys kept under the prefix.
@@ -123,6 +124,10 @@ enum Cmd {
         live: usize,
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         duration: std::time::Duration,
+        /// Add `latencies` and `seen` (per put) to the result, for merging
+        /// several processes.
+        #[arg(long)]
+        raw: bool,
     },
 }
 
@@ -259,6 +264,7 @@ async fn run(cmd: Cmd) -> Result<(), String> {
             rate,
             live,
             duration,
+            raw,
         } => {
             let result = loadgen::watchers::run(loadgen::watchers::Config {
                 etcd,
@@ -267,6 +273,7 @@ async fn run(cmd: Cmd) -> Result<(), String> {
                 rate,
                 live,
                 duration,
+                raw,
             })
             .await?;
             println!("{result}");
