@@ -208,7 +208,12 @@ pub async fn run(config: Config) -> Result<Value, String> {
     if config.raw {
         result["latencies"] = per
             .iter_recorded()
-            .map(|v| json!([per.highest_equivalent(v.value_iterated_to()), v.count_at_value()]))
+            .map(|v| {
+                json!([
+                    per.highest_equivalent(v.value_iterated_to()),
+                    v.count_at_value()
+                ])
+            })
             .collect();
         result["seen"] = Value::Array(seen_raw);
     }
@@ -253,5 +258,8 @@ async fn churn(writer: &etcd_client::Client, prefix: &str, config: &Config) -> (
     for w in writes {
         let _ = w.await;
     }
-    (puts.load(Ordering::Relaxed), put_errors.load(Ordering::Relaxed))
+    (
+        puts.load(Ordering::Relaxed),
+        put_errors.load(Ordering::Relaxed),
+    )
 }

@@ -146,7 +146,13 @@ impl<'a> Run<'a> {
             .run(bench)?;
         let go = match self.go {
             Some(peer) => self
-                .side(Stack::Go(peer), etcd, &format!("{label}-go"), shape, cpu_pids)
+                .side(
+                    Stack::Go(peer),
+                    etcd,
+                    &format!("{label}-go"),
+                    shape,
+                    cpu_pids,
+                )
                 .run(bench)?,
             None => Value::Null,
         };
@@ -177,7 +183,10 @@ impl Side<'_> {
             Stack::Ours => "loadgen",
             Stack::Go(_) => "go",
         };
-        format!("{stack}-watchers-{}x{}-{i}", self.processes, self.per_process)
+        format!(
+            "{stack}-watchers-{}x{}-{i}",
+            self.processes, self.per_process
+        )
     }
 
     /// Runs the side: the watch-only processes first (each up and watching
@@ -201,11 +210,10 @@ impl Side<'_> {
         }
         let mut all = vec![result.clone()];
         for p in watching {
-            let (_, line) = bench.procs[p].expect(
-                self.duration + Duration::from_secs(90),
-                "result",
-                |l| l.contains("\"event\":\"watchers\""),
-            )?;
+            let (_, line) =
+                bench.procs[p].expect(self.duration + Duration::from_secs(90), "result", |l| {
+                    l.contains("\"event\":\"watchers\"")
+                })?;
             let _ = bench.procs[p].child.wait();
             all.push(serde_json::from_str(&line)?);
         }
@@ -363,7 +371,10 @@ pub(super) fn print(w: &Value) {
         if ours.is_null() {
             continue;
         }
-        println!("\n## Watchers: {title}, {} puts/s", num(&ours["rate_per_s"]));
+        println!(
+            "\n## Watchers: {title}, {} puts/s",
+            num(&ours["rate_per_s"])
+        );
         println!(
             "| measure | ours (resolutions from one resolver per process) | Go (endpoints.Manager watch channels, one client per process) | ours ÷ Go |"
         );
