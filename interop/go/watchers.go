@@ -61,6 +61,20 @@ func percentile(sorted []int64, q float64) float64 {
 	return float64(int(float64(v)/100+0.5)) / 10 // µs → ms, one decimal
 }
 
+// managerOf connects to c's etcd and makes an endpoints.Manager of prefix
+// p, exiting with the error when it cannot.
+func managerOf(c common, p string) (*clientv3.Client, endpoints.Manager) {
+	cli, err := newEtcdClient(c.etcd.urls)
+	if err != nil {
+		fatal("etcd %v: %v", c.etcd.urls, err)
+	}
+	em, err := endpoints.NewManager(cli, p)
+	if err != nil {
+		fatal("endpoints manager: %v", err)
+	}
+	return cli, em
+}
+
 func runWatchers(args []string) {
 	fs := flag.NewFlagSet("go-peer watchers", flag.ContinueOnError)
 	var c common
@@ -81,15 +95,8 @@ func runWatchers(args []string) {
 		p = c.prefix()
 	}
 	rssBefore := rssMiB()
-	cli, err := newEtcdClient(c.etcd.urls)
-	if err != nil {
-		fatal("etcd %v: %v", c.etcd.urls, err)
-	}
+	cli, em := managerOf(c, p)
 	defer cli.Close()
-	em, err := endpoints.NewManager(cli, p)
-	if err != nil {
-		fatal("endpoints manager: %v", err)
-	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
@@ -303,15 +310,8 @@ func runListing(args []string) {
 	}
 	rssBefore := rssMiB()
 	coldStart := time.Now()
-	cli, err := newEtcdClient(c.etcd.urls)
-	if err != nil {
-		fatal("etcd %v: %v", c.etcd.urls, err)
-	}
+	cli, em := managerOf(c, p)
 	defer cli.Close()
-	em, err := endpoints.NewManager(cli, p)
-	if err != nil {
-		fatal("endpoints manager: %v", err)
-	}
 	var took []int64
 	var held []map[string]endpoints.Endpoint
 	rssListed := rssBefore
