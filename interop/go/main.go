@@ -100,6 +100,15 @@ func (c *common) prefix() string {
 	return "discovery/" + c.env + "/" + c.service
 }
 
+// prefixOr is flag without a trailing '/', or discovery/ENV/SERVICE when
+// it is empty.
+func (c *common) prefixOr(flag string) string {
+	if p := strings.TrimSuffix(flag, "/"); p != "" {
+		return p
+	}
+	return c.prefix()
+}
+
 func (c *common) check() {
 	for _, s := range []string{c.env, c.service} {
 		if s == "" || strings.Contains(s, "/") {

@@ -322,47 +322,26 @@ pub async fn run(config: Config) -> Result<Value, String> {
     println!("{}", json!({"event": "started", "t_us": start_unix}));
     let measure_from = start + config.warmup;
     let end = measure_from + config.duration;
-    let mut workers = Vec::with_capacity(config.concurrency);
-    if let Some(rate) = config.rate {
-        let client = client.clone();
-        let sticky_id = sticky_id.clone();
-        let seen = seen.clone();
-        let config = config.clone();
-        let timeline = timeline.clone().map(|t| (start, t));
-        workers.push(tokio::spawn(async move {
-            open_loop(
-                client,
-                sticky_id,
-                seen,
-                &config,
-                rate,
-                (start, measure_from, end),
-                timeline,
-            )
-            .await
-        }));
-    }
-    for _ in 0..if config.rate.is_some() {
-        0
+    // The open loop is one task starting calls on its schedule; the closed
+    // loop is `concurrency` workers, each one call at a time.
+    let tasks = if config.rate.is_some() {
+        1
     } else {
         config.concurrency
-    } {
+    };
+    let mut workers = Vec::with_capacity(tasks);
+    for _ in 0..tasks {
         let client = client.clone();
         let sticky_id = sticky_id.clone();
         let seen = seen.clone();
         let config = config.clone();
         let timeline = timeline.clone().map(|t| (start, t));
         workers.push(tokio::spawn(async move {
-            worker(
-                client,
-                sticky_id,
-                seen,
-                &config,
-                measure_from,
-                end,
-                timeline,
-            )
-            .await
+            let recorder = Recorder::new(seen, &config, measure_from, end, timeline);
+            match config.rate {
+                Some(rate) => open_loop(client, sticky_id, recorder, rate, start).await,
+                None => worker(client, sticky_id, recorder).await,
+            }
         }));
     }
     let mut hist = new_histogram();
@@ -484,7 +463,25 @@ struct Recorder<'a> {
     timeline: Option<(Instant, Timeline)>,
 }
 
-impl Recorder<'_> {
+impl<'a> Recorder<'a> {
+    fn new(
+        seen: Arc<Mutex<HashSet<String>>>,
+        config: &'a Config,
+        measure_from: Instant,
+        end: Instant,
+        timeline: Option<(Instant, Timeline)>,
+    ) -> Self {
+        Self {
+            r: WorkerResult::new(),
+            local_seen: HashSet::new(),
+            seen,
+            config,
+            measure_from,
+            end,
+            timeline,
+        }
+    }
+
     /// One call started at `t0` and answered at `t1` by `outcome` (the
     /// instance id of the reply, or the error).
     fn note(&mut self, t0: Instant, t1: Instant, outcome: Result<&str, &tonic::Status>) {
@@ -564,24 +561,13 @@ fn request(config: &Config, sticky_id: &Option<Arc<str>>) -> tonic::Request<Echo
     request
 }
 
+/// A closed-loop worker: one call at a time until `recorder.end`.
 async fn worker(
     mut client: Client,
     sticky_id: Option<Arc<str>>,
-    seen: Arc<Mutex<HashSet<String>>>,
-    config: &Config,
-    measure_from: Instant,
-    end: Instant,
-    timeline: Option<(Instant, Timeline)>,
+    mut recorder: Recorder<'_>,
 ) -> WorkerResult {
-    let mut recorder = Recorder {
-        r: WorkerResult::new(),
-        local_seen: HashSet::new(),
-        seen,
-        config,
-        measure_from,
-        end,
-        timeline,
-    };
+    let (config, end) = (recorder.config, recorder.end);
     loop {
         let t0 = Instant::now();
         if t0 >= end || recorder.stopped() {
@@ -601,27 +587,17 @@ async fn worker(
 }
 
 /// The open loop: calls start on a schedule of `rate` per second from
-/// `start` until `end`, each its own task, whatever became of the earlier
-/// ones; a call's latency counts from when it was due (so a stalled
+/// `start` until `recorder.end`, each its own task, whatever became of the
+/// earlier ones; a call's latency counts from when it was due (so a stalled
 /// client shows). Each millisecond starts the calls that have come due.
 async fn open_loop(
     client: Client,
     sticky_id: Option<Arc<str>>,
-    seen: Arc<Mutex<HashSet<String>>>,
-    config: &Config,
+    mut recorder: Recorder<'_>,
     rate: f64,
-    (start, measure_from, end): (Instant, Instant, Instant),
-    timeline: Option<(Instant, Timeline)>,
+    start: Instant,
 ) -> WorkerResult {
-    let mut recorder = Recorder {
-        r: WorkerResult::new(),
-        local_seen: HashSet::new(),
-        seen,
-        config,
-        measure_from,
-        end,
-        timeline,
-    };
+    let (config, end) = (recorder.config, recorder.end);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     // Dropped once the schedule ends: then the calls still out hold the
     // only senders, and the loop ends with the last of them.

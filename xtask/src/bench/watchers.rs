@@ -329,11 +329,16 @@ fn num(v: &Value) -> String {
     }
 }
 
-fn ratio(ours: &Value, go: &Value) -> String {
+/// ours ÷ go, when both are numbers and go's is positive.
+fn ratio_of(ours: &Value, go: &Value) -> Option<f64> {
     match (ours.as_f64(), go.as_f64()) {
-        (Some(o), Some(g)) if g > 0.0 => format!("{:.2}", o / g),
-        _ => "n/a".to_owned(),
+        (Some(o), Some(g)) if g > 0.0 => Some(o / g),
+        _ => None,
     }
+}
+
+fn ratio(ours: &Value, go: &Value) -> String {
+    ratio_of(ours, go).map_or_else(|| "n/a".to_owned(), |r| format!("{r:.2}"))
 }
 
 /// The rows every table has: (label, result key).
@@ -421,7 +426,7 @@ pub(super) fn results(w: &Value) -> Value {
         ] {
             case.insert(format!("ours_{k}"), ours[k].clone());
             case.insert(format!("go_{k}"), go[k].clone());
-            let r = ratio(&ours[k], &go[k]).parse::<f64>().ok();
+            let r = ratio_of(&ours[k], &go[k]).map(|r| (r * 100.0).round() / 100.0);
             case.insert(format!("ratio_{k}"), json!(r));
         }
         out.insert(key.to_owned(), Value::Object(case));
